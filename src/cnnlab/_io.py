@@ -1,0 +1,93 @@
+"""Small file helpers shared by every room: atomic writes and the environment record."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], suffix: str = "") -> Path:
+    """Call ``write(tmp_path)`` then move the result onto ``path`` in one step.
+
+    A crash mid-write leaves the previous file (or nothing), never half a file.
+    ``suffix`` keeps the file extension on the temporary name for writers that
+    check it (Keras insists on ``.keras``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix}")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def environment(seed: int | None = None) -> dict[str, Any]:
+    """Versions, hardware and seed: what someone needs to reproduce a run."""
+    import importlib.metadata as md
+
+    import tensorflow as tf
+
+    def version(pkg: str) -> str | None:
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    cpu_flags: list[str] = []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma", "avx512_vnni")
+                cpu_flags = [f for f in line.split(":")[1].split() if f in wanted]
+                break
+    except OSError:
+        pass
+    return {
+        "seed": seed,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cpu_flags": cpu_flags,
+        "devices": [d.name for d in tf.config.list_logical_devices()],
+        "versions": {
+            p: version(p)
+            for p in ("cnnlab", "tensorflow", "tensorflow-cpu", "keras", "numpy", "scikit-learn")
+        },
+    }

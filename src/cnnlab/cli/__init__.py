@@ -1,0 +1,1 @@
+"""The command-line interface; nothing in the library imports it."""

@@ -1,0 +1,265 @@
+"""The training configuration: one dataclass, read from YAML, overridden by flags.
+
+Keys are the CLI flag names with underscores (``--batch-size`` is ``batch_size``;
+dashes are accepted in YAML too). The fully resolved config is written into
+every run folder, so ``cnnlab train -c runs/<run>/config.yaml`` repeats a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cnnlab.errors import ConfigError, close_matches
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("constant", "cosine", "step", "onecycle")
+AUGMENT_POLICIES = ("auto", "none", "light", "standard", "strong")
+RESIZE_MODES = ("stretch", "crop", "pad")
+STRATEGIES = ("default", "mirrored")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Defaults give a sound first run."""
+
+    # data
+    data: str = "builtin:digits"
+    data_dir: str | None = None
+    image_size: list[int] | None = None
+    channels: int | None = None
+    resize: str = "stretch"
+    val_split: float = 0.1
+    test_split: float = 0.1
+    skip_bad_images: bool = False
+    cache: str = "auto"
+    # augmentation (training split only)
+    augment: str = "auto"
+    flip: str | None = None
+    rotation: float | None = None
+    zoom: float | None = None
+    translation: float | None = None
+    contrast: float | None = None
+    random_crop: int | None = None
+    # model
+    model: str = "simple_cnn"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    # optimisation
+    batch_size: int = 64
+    epochs: int = 20
+    optimizer: str = "adam"
+    learning_rate: float | None = None
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = True
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    step_epochs: list[int] | None = None
+    step_gamma: float = 0.1
+    label_smoothing: float = 0.0
+    class_weight: str = "none"
+    early_stopping: int = 0
+    monitor: str = "val_accuracy"
+    top_k: int = 5
+    # reproducibility and devices
+    seed: int = 42
+    deterministic: bool = False
+    strategy: str = "default"
+    # output
+    output: str = "runs"
+    name: str | None = None
+    overwrite: bool = False
+    verbose: int = 1
+
+    # ------------------------------------------------------------------ helpers
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **overrides: Any) -> TrainConfig:
+        return resolve_config(self.to_dict(), overrides)
+
+
+def _normalise_keys(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    known = TrainConfig.keys()
+    out = {}
+    for key, value in raw.items():
+        k = str(key).replace("-", "_")
+        if k not in known:
+            raise ConfigError(
+                f"Unknown config key '{key}' in {where}.{close_matches(k, known)}",
+                expected=f"one of: {', '.join(known)}",
+                fix="Fix the spelling, or see `cnnlab train --help` for every option",
+            )
+        out[k] = value
+    return out
+
+
+def _parse_image_size(value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return [value, value]
+    if isinstance(value, str):
+        parts = value.lower().replace("x", ",").split(",")
+        try:
+            nums = [int(p) for p in parts if p.strip()]
+        except ValueError:
+            nums = []
+    else:
+        try:
+            nums = [int(v) for v in value]
+        except (TypeError, ValueError):
+            nums = []
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or min(nums) < 1:
+        raise ConfigError(
+            f"Bad image_size: received {value!r}",
+            expected="one size like 32, or height and width like 64x48 or [64, 48]",
+            fix="Pass --image-size 32 or --image-size 64x48",
+        )
+    return nums
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(
+            f"Bad {name}: received {value!r}.{close_matches(str(value), choices)}",
+            expected=f"one of {', '.join(choices)}",
+            fix=f"Pass --{name.replace('_', '-')} with one of those",
+        )
+
+
+def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+    if not (lo <= value <= hi):
+        raise ConfigError(
+            f"Bad {name}: received {value}",
+            expected=f"a number from {lo} to {hi}",
+            fix=f"Pass --{name.replace('_', '-')} within that range",
+        )
+
+
+def _coerce(cfg_dict: dict[str, Any]) -> TrainConfig:
+    """Build a TrainConfig, converting types and validating every field."""
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    values = dict(cfg_dict)
+    for key, value in list(values.items()):
+        if value is None:
+            continue
+        t = str(types[key])
+        try:
+            if t.startswith("int"):
+                values[key] = int(value)
+            elif t.startswith("float"):
+                values[key] = float(value)
+            elif t == "bool":
+                if isinstance(value, str):
+                    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError(value)
+                    value = value.lower() in ("true", "1", "yes")
+                values[key] = bool(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"Bad value for {key}: received {value!r}",
+                expected=f"a value of type {t}",
+                fix=f"Pass --{key.replace('_', '-')} with a {t.split(' ')[0]}",
+            ) from None
+    values["image_size"] = _parse_image_size(values.get("image_size"))
+    if isinstance(values.get("step_epochs"), str):
+        values["step_epochs"] = [int(v) for v in values["step_epochs"].split(",") if v.strip()]
+    if values.get("model_kwargs") is None:
+        values["model_kwargs"] = {}
+    if not isinstance(values["model_kwargs"], dict):
+        raise ConfigError(
+            f"Bad model_kwargs: received {values['model_kwargs']!r}",
+            expected="a mapping of option names to values",
+            fix="Write model_kwargs as a YAML mapping, or pass --model-kwargs key=value",
+        )
+    cfg = TrainConfig(**values)
+    cfg.optimizer = cfg.optimizer.lower()
+    _check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
+    _check_choice("schedule", cfg.schedule, SCHEDULES)
+    _check_choice("augment", cfg.augment, AUGMENT_POLICIES)
+    _check_choice("resize", cfg.resize, RESIZE_MODES)
+    _check_choice("strategy", cfg.strategy, STRATEGIES)
+    _check_choice("class_weight", cfg.class_weight, ("none", "balanced"))
+    _check_choice("cache", cfg.cache, ("auto", "memory", "none"))
+    _check_range("val_split", cfg.val_split, 0.0, 0.9)
+    _check_range("test_split", cfg.test_split, 0.0, 0.9)
+    _check_range("label_smoothing", cfg.label_smoothing, 0.0, 0.99)
+    for name in ("batch_size", "epochs", "top_k"):
+        _check_range(name, getattr(cfg, name), 1, 1_000_000)
+    if cfg.channels is not None and cfg.channels not in (1, 3):
+        raise ConfigError(
+            f"Bad channels: received {cfg.channels}",
+            expected="1 (grayscale) or 3 (RGB)",
+            fix="Pass --channels 1 or --channels 3, or leave it out to follow the data",
+        )
+    if cfg.learning_rate is not None and cfg.learning_rate <= 0:
+        raise ConfigError(
+            f"Bad learning_rate: received {cfg.learning_rate}",
+            expected="a positive number such as 1e-3",
+            fix="Pass --lr 1e-3, or leave it out for the optimizer's default",
+        )
+    return cfg
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config file into a dict, with errors that name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(
+            f"Config file {p} does not exist",
+            fix="Check the path given with -c/--config",
+        )
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(
+            f"Config file {p} is not valid YAML: {e}",
+            fix="Fix the YAML syntax (keys are flag names, e.g. `epochs: 10`)",
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"Config file {p} holds a {type(raw).__name__}",
+            expected="a mapping of option names to values, e.g. `epochs: 10`",
+        )
+    return _normalise_keys(raw, str(p))
+
+
+def resolve_config(
+    base: TrainConfig | dict[str, Any] | str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    """Merge defaults, a config (object, dict or YAML path) and overrides.
+
+    ``None`` values in ``overrides`` mean "not given" and do not override.
+    """
+    values = TrainConfig().to_dict()
+    if isinstance(base, TrainConfig):
+        values.update(base.to_dict())
+    elif isinstance(base, dict):
+        values.update(_normalise_keys(base, "the config"))
+    elif base is not None:
+        values.update(load_yaml(base))
+    if overrides:
+        given = {k: v for k, v in overrides.items() if v is not None}
+        given = _normalise_keys(given, "the arguments")
+        if "model_kwargs" in given and isinstance(values.get("model_kwargs"), dict):
+            given["model_kwargs"] = {**values["model_kwargs"], **given["model_kwargs"]}
+        values.update(given)
+    return _coerce(values)
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)

@@ -1,0 +1,127 @@
+"""The tf.data pipeline: decode, resize, cache, shuffle, batch, augment, prefetch.
+
+Images leave the pipeline as float32 in 0-255 with the model's channel count;
+the model owns its preprocessing. Labels leave as one-hot vectors (needed for
+label smoothing and mixing), optionally with per-example class weights.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cnnlab.data.augment import Augmenter
+
+AUTOTUNE = tf.data.AUTOTUNE
+log = logging.getLogger("cnnlab")
+
+# Cache decoded images in memory when they take less than this (uint8 bytes).
+CACHE_LIMIT_BYTES = 4 * 1024**3
+
+
+def _match_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
+    have = image.shape[-1]
+    if have == channels:
+        return image
+    if channels == 3:
+        return tf.image.grayscale_to_rgb(image)
+    return tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))), tf.uint8)
+
+
+def make_resizer(image_size: tuple[int, int], resize: str = "stretch"):
+    """Return a function resizing one image (H, W, C) to ``image_size`` as float32."""
+    h, w = image_size
+    if resize == "stretch":
+        return lambda img: tf.image.resize(tf.cast(img, tf.float32), (h, w), antialias=True)
+    layer = keras.layers.Resizing(
+        h, w, crop_to_aspect_ratio=resize == "crop", pad_to_aspect_ratio=resize == "pad",
+        fill_value=0.0,
+    )  # fmt: skip
+    return lambda img: layer(tf.cast(img, tf.float32))
+
+
+def decode_file(path: tf.Tensor, channels: int) -> tf.Tensor:
+    """Decode by content, not by extension: a PNG named .jpg loads fine.
+
+    CMYK JPEGs, 16-bit and palette PNGs, RGBA and grayscale all come out as
+    uint8 with ``channels`` channels (TensorFlow converts them).
+    """
+    data = tf.io.read_file(path)
+    image = tf.io.decode_image(data, channels=channels, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, channels])
+    return image
+
+
+def to_uint8(image: tf.Tensor) -> tf.Tensor:
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def make_dataset(
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    image_size: tuple[int, int],
+    channels: int,
+    images: np.ndarray | None = None,
+    paths: np.ndarray | None = None,
+    batch_size: int = 64,
+    training: bool = False,
+    augmenter: Augmenter | None = None,
+    resize: str = "stretch",
+    cache: str = "auto",
+    seed: int = 0,
+    class_weights: np.ndarray | None = None,
+) -> tf.data.Dataset:
+    """Build the input pipeline for one split.
+
+    Give either ``images`` (uint8 NHWC, in memory) or ``paths`` (image files).
+    The training split is shuffled every epoch and augmented; others are not.
+    """
+    labels = np.asarray(labels, np.int64)
+    n = len(labels)
+    if images is not None:
+        ds = tf.data.Dataset.from_tensor_slices((images, labels))
+        native = tuple(images.shape[1:3])
+        needs_resize = native != tuple(image_size)
+        if images.shape[-1] != channels or needs_resize:
+            resizer = make_resizer(image_size, resize)
+
+            def prepare(img, y):
+                img = _match_channels(img, channels)
+                return (to_uint8(resizer(img)) if needs_resize else img), y
+
+            ds = ds.map(prepare, num_parallel_calls=AUTOTUNE)
+    else:
+        resizer = make_resizer(image_size, resize)
+        ds = tf.data.Dataset.from_tensor_slices((paths.astype(str), labels))
+        ds = ds.map(
+            lambda p, y: (to_uint8(resizer(decode_file(p, channels))), y),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
+        # A safety net behind the pre-flight scan: a file that changed since the
+        # scan is dropped (with a warning), never allowed to kill an epoch.
+        ds = ds.ignore_errors(log_warning=True)
+    size_bytes = n * image_size[0] * image_size[1] * channels
+    if cache == "memory" or (cache == "auto" and size_bytes <= CACHE_LIMIT_BYTES):
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(n, 20_000), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE)
+
+    weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
+
+    def finish(img, y):
+        x = tf.cast(img, tf.float32)
+        if training and augmenter is not None:
+            x = augmenter(x)
+        y1 = tf.one_hot(y, num_classes)
+        if weights is not None:
+            return x, y1, tf.gather(weights, y)
+        return x, y1
+
+    ds = ds.map(finish, num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)

@@ -1,0 +1,165 @@
+"""``evaluate``: score a trained model on its held-out split or on other data."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cnnlab._io import write_json, write_text
+from cnnlab.errors import DataError
+from cnnlab.evaluation.metrics import collect_predictions, compute_metrics, format_report
+from cnnlab.evaluation.plots import plot_confusion_matrix
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics plus the per-example predictions they came from."""
+
+    metrics: dict
+    probs: np.ndarray
+    y_true: np.ndarray
+    class_names: list[str]
+    names: list[str] = field(default_factory=list)  # file path or example index, per row
+    output_dir: Path | None = None
+
+    @property
+    def accuracy(self) -> float:
+        return self.metrics["accuracy"]
+
+    def report(self) -> str:
+        return format_report(self.metrics)
+
+
+def save_evaluation(result: EvaluationResult, out_dir: str | os.PathLike) -> Path:
+    """Write metrics.json, classification_report.txt, confusion_matrix.{json,png}, predictions.csv."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    m = result.metrics
+    write_json(out / "metrics.json", {k: v for k, v in m.items() if k != "confusion_matrix"})
+    write_json(out / "confusion_matrix.json",
+               {"class_names": result.class_names, "rows": "true", "columns": "predicted",
+                "matrix": m["confusion_matrix"]})  # fmt: skip
+    write_text(out / "classification_report.txt", format_report(m) + "\n")
+    plot_confusion_matrix(m["confusion_matrix"], result.class_names, out / "confusion_matrix.png")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["example", "true", "predicted", "confidence", "p_true"])
+    pred = result.probs.argmax(axis=1)
+    for i, (y, p) in enumerate(zip(result.y_true, pred)):
+        name = result.names[i] if i < len(result.names) else i
+        w.writerow([name, result.class_names[y], result.class_names[p],
+                    f"{result.probs[i, p]:.5f}", f"{result.probs[i, y]:.5f}"])  # fmt: skip
+    write_text(out / "predictions.csv", buf.getvalue())
+    result.output_dir = out
+    return out
+
+
+def unique_dir(base: Path) -> Path:
+    """``base`` if free, else ``base-2``, ``base-3``...: earlier results are never overwritten."""
+    if not base.exists():
+        return base
+    i = 2
+    while Path(f"{base}-{i}").exists():
+        i += 1
+    return Path(f"{base}-{i}")
+
+
+def score(model, bundle, split: str, class_names: list[str], top_k: int = 5,
+          label_map: np.ndarray | None = None) -> EvaluationResult:  # fmt: skip
+    """Predict one split of a DataBundle and compute its metrics."""
+    ds = bundle.dataset(split, training=False)
+    if ds is None:
+        raise DataError(
+            f"The {split} split of {bundle.source.spec} is empty",
+            fix="Choose another --split, or pass --data with images to score",
+        )
+    probs, y = collect_predictions(model, ds)
+    if label_map is not None:
+        y = label_map[y]
+    ex = bundle.examples(split)
+    names = [str(p) for p in ex["paths"]] if "paths" in ex else [str(i) for i in ex["indices"]]
+    metrics = compute_metrics(y, probs, class_names, top_k)
+    return EvaluationResult(metrics, probs, y, list(class_names), names)
+
+
+def evaluate(
+    model_or_run,
+    data: str | None = None,
+    *,
+    split: str = "test",
+    batch_size: int = 64,
+    top_k: int = 5,
+    output: str | os.PathLike | None = None,
+    skip_bad_images: bool = False,
+    data_dir: str | None = None,
+) -> EvaluationResult:
+    """Evaluate a run folder or ``.keras`` model.
+
+    Without ``data``, a run is scored on the ``split`` it saved (its held-out
+    test images by default). With ``data`` (a spec), every image of that
+    source is scored, or its ``split`` if it has train/val/test parts. Class
+    names are matched by name, so a test folder may hold a subset of classes.
+
+    Results are written to ``<run>/evaluation-<tag>/`` (never over an earlier
+    one) or to ``output``.
+
+    Example:
+        >>> result = evaluate("runs/20261126-120000-simple_cnn-32")
+        >>> print(result.report())
+    """
+    from cnnlab.data import load_data
+    from cnnlab.data.sources import open_source
+    from cnnlab.data.splits import Split
+    from cnnlab.export.saving import load_for_inference
+
+    loaded = load_for_inference(model_or_run)
+    cfg = loaded.config
+    common = dict(image_size=loaded.image_size, channels=loaded.channels, batch_size=batch_size,
+                  resize=loaded.resize, augment="none", skip_bad_images=skip_bad_images)  # fmt: skip
+    label_map = None
+    if data is None:
+        if loaded.run_dir is None:
+            raise DataError(
+                f"{loaded.model_path} is not inside a run folder, so there is no saved split to score",
+                fix="Pass --data SPEC with labelled images to evaluate on",
+            )
+        source = open_source(cfg["data"], cfg.get("data_dir") or data_dir)
+        saved = Split.load(loaded.run_dir / "split.csv", source)
+        bundle = load_data(cfg["data"], data_dir=cfg.get("data_dir") or data_dir, split=saved,
+                           scan=False, **common)  # fmt: skip
+        tag = split
+    else:
+        bundle = load_data(data, data_dir=data_dir, val_split=0.0, test_split=0.0, **common)
+        if not np.any(bundle.source.parts != ""):
+            # A plain folder or CSV: every (decodable) image is test data.
+            assign = np.where(bundle.split.assignment == "skipped", "skipped", split)
+            bundle.split = Split(assign)
+        label_map = _label_map(bundle.class_names, loaded.class_names, data)
+        tag = Path(data.split(":", 1)[-1].rstrip("/")).name or "data"
+        tag = f"{tag}-{split}" if np.any(bundle.source.parts != "") else tag
+    result = score(loaded.model, bundle, split, loaded.class_names, top_k, label_map)
+    if output is None:
+        base = loaded.run_dir or loaded.model_path.parent
+        output = unique_dir(base / f"evaluation-{tag}")
+    save_evaluation(result, output)
+    return result
+
+
+def _label_map(data_classes: list[str], model_classes: list[str], spec: str) -> np.ndarray:
+    if all(c in model_classes for c in data_classes):
+        return np.array([model_classes.index(c) for c in data_classes])
+    if model_classes == [str(i) for i in range(len(model_classes))] and len(data_classes) == len(
+        model_classes
+    ):
+        return np.arange(len(data_classes))  # model without class names: same order assumed
+    unknown = [c for c in data_classes if c not in model_classes]
+    raise DataError(
+        f"{spec} has class(es) the model does not know: {', '.join(unknown[:10])}",
+        expected=f"class names among the model's: {', '.join(model_classes[:20])}",
+        fix="Rename the class folders to match the training classes",
+    )

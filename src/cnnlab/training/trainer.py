@@ -1,0 +1,294 @@
+"""``train``: config → data → model → fit → run folder → evaluation, resumable."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnlab._io import environment, read_json, write_json, write_text
+from cnnlab.config import TrainConfig, dump_yaml, resolve_config
+from cnnlab.errors import ConfigError, RunError
+from cnnlab.training.run_folder import RunFolder
+
+log = logging.getLogger("cnnlab")
+
+# What may change when a run is resumed; everything else comes from its config.yaml.
+RESUME_OVERRIDES = ("epochs", "verbose", "early_stopping")
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns: the run folder, the final model and its numbers."""
+
+    run_dir: Path
+    model: Any
+    history: dict[str, list[float]]
+    metrics: dict[str, Any]
+    config: TrainConfig
+    evaluation: Any = None
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.metrics.get("test", {}).get("accuracy")
+
+
+def get_strategy(name: str = "default"):
+    """The ``tf.distribute`` strategy to build and train under.
+
+    ``mirrored`` replicates over every GPU, or over every logical CPU device
+    when there is no GPU (which is how the tests run it on one machine).
+    """
+    import tensorflow as tf
+
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    return tf.distribute.get_strategy()
+
+
+def input_statistics(bundle, max_examples: int = 2048) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (0-255 units) of the training split, from a sample."""
+    from cnnlab.data.pipeline import make_dataset
+
+    ex = bundle.examples("train")
+    rng = np.random.default_rng(bundle.seed)
+    idx = rng.permutation(len(ex["labels"]))[:max_examples]
+    if "images" in ex:
+        sample = ex["images"][idx]
+        if sample.shape[-1] != bundle.channels or tuple(sample.shape[1:3]) != bundle.image_size:
+            ds = make_dataset(ex["labels"][idx], num_classes=bundle.num_classes,
+                              image_size=bundle.image_size, channels=bundle.channels,
+                              images=sample, batch_size=256, cache="none")  # fmt: skip
+            sample = np.concatenate([x.numpy() for x, _ in ds])
+    else:
+        ds = make_dataset(ex["labels"][idx], num_classes=bundle.num_classes,
+                          image_size=bundle.image_size, channels=bundle.channels,
+                          paths=ex["paths"][idx], batch_size=256, resize=bundle.resize,
+                          cache="none")  # fmt: skip
+        sample = np.concatenate([x.numpy() for x, _ in ds])
+    sample = sample.astype(np.float64)
+    return sample.mean(axis=(0, 1, 2)).tolist(), sample.std(axis=(0, 1, 2)).tolist()
+
+
+def compile_model(model, cfg: TrainConfig, steps_per_epoch: int, num_classes: int) -> None:
+    import keras
+
+    from cnnlab.training.optimizers import make_optimizer
+
+    k = min(cfg.top_k, num_classes)
+    model.compile(
+        optimizer=make_optimizer(cfg, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                 keras.metrics.TopKCategoricalAccuracy(k=k, name=f"top{k}")],  # fmt: skip
+    )
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [float(r[k]) for r in rows if r.get(k) not in (None, "")] for k in (rows[0] if rows else {})}
+
+
+def _setup_logging(verbose: int) -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("cnnlab: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def train(
+    config: TrainConfig | dict | str | None = None,
+    *,
+    resume: str | Path | None = None,
+    callbacks: list | None = None,
+    **overrides: Any,
+) -> TrainResult:
+    """Train a model as the config says and write a self-describing run folder.
+
+    Args:
+        config: a :class:`TrainConfig`, a dict of its keys, or a YAML file path.
+        resume: a run folder to continue from its last finished epoch.
+        callbacks: extra Keras callbacks.
+        **overrides: any config key, e.g. ``epochs=5, model="resnet20"``.
+
+    Returns:
+        A :class:`TrainResult` with the run folder, final model, history and test metrics.
+
+    Example:
+        >>> result = cnnlab.train(data="builtin:digits", epochs=10)
+        >>> result.test_accuracy
+        0.97...
+    """
+    import keras
+    import tensorflow as tf
+
+    from cnnlab.data import load_data
+    from cnnlab.data.splits import Split
+    from cnnlab.evaluation.evaluate import save_evaluation, score
+    from cnnlab.export.saving import load_model, save_model
+    from cnnlab.models import create_model, get_spec
+    from cnnlab.training.callbacks import EpochStats, RunCheckpoint
+
+    started = time.time()
+    run: RunFolder | None = None
+    state = None
+    if resume is not None:
+        run = RunFolder.open(resume)
+        bad = [k for k, v in overrides.items() if v is not None and k not in RESUME_OVERRIDES]
+        if bad or config is not None:
+            raise ConfigError(
+                f"--resume continues {run.path} with its own config; cannot also change "
+                f"{', '.join(bad) or 'the config'}",
+                expected=f"only {', '.join(RESUME_OVERRIDES)} alongside --resume",
+                fix="Drop those options, or start a new run",
+            )
+        cfg = resolve_config(run.config, overrides)
+        if run.state.is_file():
+            state = read_json(run.state)
+        if state and state["epochs_done"] >= cfg.epochs and run.model.is_file():
+            raise RunError(
+                f"Run {run.path} already finished all {cfg.epochs} epochs",
+                fix="Pass --epochs N with a larger N to train it further",
+            )
+    else:
+        cfg = resolve_config(config, overrides)
+    _setup_logging(cfg.verbose)
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+    spec = get_spec(cfg.model)  # unknown model names fail before any data is read
+    saved_split = None
+    if run is not None:
+        from cnnlab.data.sources import open_source
+
+        saved_split = Split.load(run.split, open_source(cfg.data, cfg.data_dir))
+    image_size = cfg.image_size
+    if image_size is None and spec.pretrained:
+        image_size = spec.default_image_size
+    bundle = load_data(
+        cfg.data, image_size=image_size, channels=cfg.channels, batch_size=cfg.batch_size,
+        val_split=cfg.val_split, test_split=cfg.test_split, seed=cfg.seed, augment=cfg.augment,
+        augment_options={k: getattr(cfg, k) for k in
+                         ("flip", "rotation", "zoom", "translation", "contrast", "random_crop")},
+        resize=cfg.resize, cache=cfg.cache, class_weight=cfg.class_weight,
+        skip_bad_images=cfg.skip_bad_images, data_dir=cfg.data_dir, split=saved_split,
+    )  # fmt: skip
+    # The resolved config records what was actually used, so the run repeats exactly.
+    cfg.image_size = list(bundle.image_size)
+    cfg.channels = bundle.channels
+    n_train = len(bundle.examples("train")["labels"])
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+
+    if run is None:
+        run = RunFolder.create(cfg.output, spec.name, bundle.image_size, cfg.name, cfg.overwrite)
+        write_text(run.config, dump_yaml(cfg.to_dict()))
+        write_json(run.env, environment(cfg.seed))
+        write_json(run.classes, bundle.class_names)
+        write_json(run.data, {**bundle.summary(), "augment": vars(bundle.augment)})
+        bundle.split.save(run.split, bundle.source)
+        if bundle.bad_files:
+            run.write_bad_files(bundle.bad_files)
+    log.info("Run folder: %s", run.path)
+    log.info("Data: %s, %d classes, image size %s x %d channels, split %s",
+             cfg.data, bundle.num_classes, "x".join(map(str, bundle.image_size)),
+             bundle.channels, bundle.split.counts())  # fmt: skip
+
+    strategy = get_strategy(cfg.strategy)
+    epochs_done = 0
+    last = run.checkpoints / "last.keras"
+    with strategy.scope():
+        if state and last.is_file():
+            model = load_model(last)
+            epochs_done = int(state["epochs_done"])
+            run.truncate_history(epochs_done)
+            log.info("Resuming %s after epoch %d of %d", run.path, epochs_done, cfg.epochs)
+        else:
+            options = dict(cfg.model_kwargs)
+            accepted = spec.options()
+            if "mean" in accepted and "mean" not in options and "std" not in options:
+                options["mean"], options["std"] = input_statistics(bundle)
+            if cfg.weights is not None and "weights" in accepted:
+                options["weights"] = cfg.weights
+            model = create_model(cfg.model, bundle.num_classes, bundle.image_size,
+                                 bundle.channels, **options)  # fmt: skip
+            compile_model(model, cfg, steps_per_epoch, bundle.num_classes)
+    log.info("Model: %s, %s parameters, strategy %s (%d replica(s))", spec.name,
+             f"{model.count_params():,}", type(strategy).__name__,
+             strategy.num_replicas_in_sync)  # fmt: skip
+
+    has_val = bundle.val is not None
+    monitor = cfg.monitor if has_val else cfg.monitor.removeprefix("val_")
+    checkpoint = RunCheckpoint(run.checkpoints, monitor, state)
+    cbs = [
+        EpochStats(n_train),
+        keras.callbacks.CSVLogger(str(run.history), append=True),
+        checkpoint,
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if cfg.early_stopping:
+        cbs.append(keras.callbacks.EarlyStopping(
+            monitor=monitor, patience=cfg.early_stopping,
+            mode="min" if "loss" in monitor else "max"))  # fmt: skip
+    cbs += callbacks or []
+    verbose = cfg.verbose
+    if verbose == 1 and not sys.stdout.isatty():
+        verbose = 2  # one line per epoch in logs instead of a redrawn bar
+    t0 = time.time()
+    try:
+        with warnings.catch_warnings():
+            # The file pipeline has unknown length (it may drop a file that broke
+            # after the scan); Keras warns about that at every epoch's end.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            model.fit(bundle.train, validation_data=bundle.val, epochs=cfg.epochs,
+                      initial_epoch=epochs_done, callbacks=cbs, verbose=verbose,
+                      shuffle=False)  # the pipeline shuffles  # fmt: skip
+    except KeyboardInterrupt:
+        log.warning("Interrupted. Finished epochs are saved; continue with: "
+                    "cnnlab train --resume %s", run.path)  # fmt: skip
+        raise
+    train_seconds = time.time() - t0
+
+    # The final model is the best validation epoch (or the last one without validation).
+    best = run.checkpoints / "best.keras"
+    final = load_model(best) if best.is_file() else model
+    save_model(final, run.model)
+
+    metrics: dict[str, Any] = {
+        "best_epoch": checkpoint.state.get("best_epoch"),
+        "monitor": monitor,
+        "best_value": checkpoint.state.get("best_value"),
+        "epochs_done": checkpoint.state.get("epochs_done"),
+        "train_seconds_this_session": round(train_seconds, 2),
+        "parameters": int(final.count_params()),
+    }
+    evaluation = None
+    if bundle.test is not None:
+        evaluation = score(final, bundle, "test", bundle.class_names, cfg.top_k)
+        save_evaluation(evaluation, run.path / "evaluation-test")
+        m = evaluation.metrics
+        k = m["top_k"]
+        metrics["test"] = {"loss": m["loss"], "accuracy": m["accuracy"], f"top{k}": m[f"top{k}"],
+                           "macro_f1": m["macro avg"]["f1-score"],
+                           "weighted_f1": m["weighted avg"]["f1-score"],
+                           "num_examples": m["num_examples"]}  # fmt: skip
+        log.info("Test: accuracy %.4f, top%d %.4f, macro F1 %.4f on %d images",
+                 m["accuracy"], k, m[f"top{k}"], m["macro avg"]["f1-score"], m["num_examples"])  # fmt: skip
+    metrics["total_seconds_this_session"] = round(time.time() - started, 2)
+    write_json(run.metrics, metrics)
+    log.info("Done in %.1f s. Run folder: %s", time.time() - started, run.path)
+    return TrainResult(run.path, final, read_history(run.history), metrics, cfg, evaluation)
