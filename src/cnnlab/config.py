@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ import yaml
 from cnnlab.errors import ConfigError, close_matches
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-SCHEDULES = ("constant", "cosine", "step", "onecycle")
+# "linear" is the fast recipe's (airbench): warm-up from 0.2x, then linear decay to 0.07x.
+SCHEDULES = ("constant", "cosine", "step", "onecycle", "linear")
+RECIPES = ("auto", "fast", "plain")  # see cnnlab.training.recipes
 AUGMENT_POLICIES = ("auto", "none", "light", "standard", "strong")
 RESIZE_MODES = ("stretch", "crop", "pad")
 STRATEGIES = ("default", "mirrored")
@@ -46,6 +49,8 @@ class TrainConfig:
     translation: float | None = None
     contrast: float | None = None
     random_crop: int | None = None
+    # recipe: defaults for the keys not given (auto = fast for 20-40 px images)
+    recipe: str = "auto"
     # model
     model: str = "simple_cnn"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -89,11 +94,17 @@ class TrainConfig:
         return resolve_config(self.to_dict(), overrides)
 
 
+# timm-style short names, accepted in YAML and Python as in the CLI.
+ALIASES = {"lr": "learning_rate", "opt": "optimizer", "sched": "schedule",
+           "smoothing": "label_smoothing"}  # fmt: skip
+
+
 def _normalise_keys(raw: dict[str, Any], where: str) -> dict[str, Any]:
     known = TrainConfig.keys()
     out = {}
     for key, value in raw.items():
         k = str(key).replace("-", "_")
+        k = ALIASES.get(k, k)
         if k not in known:
             raise ConfigError(
                 f"Unknown config key '{key}' in {where}.{close_matches(k, known)}",
@@ -110,11 +121,8 @@ def _parse_image_size(value: Any) -> list[int] | None:
     if isinstance(value, int):
         return [value, value]
     if isinstance(value, str):
-        parts = value.lower().replace("x", ",").split(",")
-        try:
-            nums = [int(p) for p in parts if p.strip()]
-        except ValueError:
-            nums = []
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[x,]\s*(\d+))?\s*", value.lower())
+        nums = [int(g) for g in m.groups() if g] if m else []
     else:
         try:
             nums = [int(v) for v in value]
@@ -189,6 +197,7 @@ def _coerce(cfg_dict: dict[str, Any]) -> TrainConfig:
     cfg.optimizer = cfg.optimizer.lower()
     _check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _check_choice("schedule", cfg.schedule, SCHEDULES)
+    _check_choice("recipe", cfg.recipe, RECIPES)
     _check_choice("augment", cfg.augment, AUGMENT_POLICIES)
     _check_choice("resize", cfg.resize, RESIZE_MODES)
     _check_choice("strategy", cfg.strategy, STRATEGIES)

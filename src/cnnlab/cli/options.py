@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 import yaml
 
 from cnnlab.errors import ConfigError
 
 
 def parse_kwargs(items) -> dict:
-    """``("filters=[32,64]", "dropout=0.2")`` → ``{"filters": [32, 64], "dropout": 0.2}``."""
+    """``("filters=[32, 64] dropout=0.2",)`` → ``{"filters": [32, 64], "dropout": 0.2}``.
+
+    Each item may hold several KEY=VALUE pairs separated by spaces; a value may
+    itself contain spaces (``[32, 64]``) since pairs split only before ``KEY=``.
+    """
     out = {}
     for item in items:
-        for part in [item] if "=" in item and item.count("=") == 1 else item.split():
+        for part in re.split(r"\s+(?=[A-Za-z_][\w-]*=)", item.strip()):
             if "=" not in part:
                 raise ConfigError(
                     f"Bad --model-kwargs value '{part}'",

@@ -11,15 +11,20 @@ from cnnlab.cli.options import parse_kwargs
 Examples:
   cnnlab train                                   # builtin:digits, embedded, ~15 s
   cnnlab train --data folder:cifar10/train --model resnet20 --epochs 30 -b 128
+  cnnlab train --data folder:cifar10/train --recipe fast --epochs 10 --model-kwargs width=0.5
   cnnlab train --data csv:labels.csv --image-size 96 --augment standard
   cnnlab train -c config.yaml --lr 3e-4           # flags override the file
-  cnnlab train --model simple_cnn --model-kwargs filters=[32,64] dropout=0.2
+  cnnlab train --model simple_cnn --model-kwargs "filters=[32, 64] dropout=0.2"
   cnnlab train --resume runs/20261126-120000-simple_cnn-32   # after a crash
 """)
 @click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False),
               help="YAML file whose keys are these flags' names (flags override it).")
 @click.option("--data", help="builtin:NAME, folder:PATH or csv:FILE [default: builtin:digits].")
 @click.option("--data-dir", help="Folder with downloaded archives for builtin datasets.")
+@click.option("--recipe", type=click.Choice(["auto", "fast", "plain"]),
+              help="Defaults for the options not given: fast = airbench94-style training "
+                   "(airbench model, SGD, lookahead, alternating flips, TTA); auto = fast "
+                   "for 20-40 px images when no --model is given, else plain [auto].")
 @click.option("--model", help="Architecture name (see `cnnlab models list`) [default: simple_cnn].")
 @click.option("--model-kwargs", multiple=True, metavar="KEY=VALUE",
               help="Model option, repeatable; values are YAML (filters=[32,64]).")
@@ -36,7 +41,9 @@ Examples:
               help="Cache decoded images in memory [auto: when they fit in 4 GiB].")
 @click.option("--augment", type=click.Choice(["auto", "none", "light", "standard", "strong"]),
               help="Augmentation policy for the training split [auto].")
-@click.option("--flip", type=click.Choice(["none", "horizontal", "vertical", "horizontal_and_vertical"]))
+@click.option("--flip", type=click.Choice(["none", "horizontal", "vertical", "horizontal_and_vertical",
+                                          "alternating"]),
+              help="alternating: each image mirrored every other epoch (fast recipe).")
 @click.option("--rotation", type=float, help="Random rotation, fraction of a turn (0.05 = 18°).")
 @click.option("--zoom", type=float, help="Random zoom factor (0.1 = ±10%).")
 @click.option("--translation", type=float, help="Random shift, fraction of the size.")
@@ -52,7 +59,8 @@ Examples:
 @click.option("--momentum", type=float, help="SGD momentum [0.9].")
 @click.option("--nesterov/--no-nesterov", default=None, help="Nesterov momentum for SGD [on].")
 @click.option("--sched", "--schedule", "schedule",
-              type=click.Choice(["constant", "cosine", "step", "onecycle"]), help="LR schedule [cosine].")
+              type=click.Choice(["constant", "cosine", "step", "onecycle", "linear"]),
+              help="LR schedule [cosine; fast recipe: linear warm-up and decay].")
 @click.option("--warmup-epochs", type=float, help="Linear warm-up length in epochs [0].")
 @click.option("--step-epochs", help="Epochs where the step schedule multiplies the LR (10,20).")
 @click.option("--step-gamma", type=float, help="Step schedule factor [0.1].")
@@ -81,6 +89,8 @@ def train(config_file, resume, quiet, model_kwargs, **options) -> None:
     options["model_kwargs"] = parse_kwargs(model_kwargs) if model_kwargs else None
     if quiet:
         options["verbose"] = 0
+    elif resume:
+        options["verbose"] = 1  # how chatty a resumed run is, is the caller's choice
     result = cnnlab.train(config_file, resume=resume, **options)
     test = result.metrics.get("test")
     if result.evaluation is not None and not quiet:

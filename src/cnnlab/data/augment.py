@@ -11,6 +11,12 @@ on raw 0-255 pixels (the model rescales them itself).
 | strong   | standard + 4-pixel pad-and-crop and RandAugment (2 ops, RGB only) |
 | auto     | ``light``, but no flips for handwritten digits (a mirrored 2 is not a 2) |
 
+``flip="alternating"`` is airbench's flip: a seeded random half of the images
+is mirrored in the first epoch, and from then on every image is mirrored on
+alternate epochs, so the network sees both versions of each image in every
+two epochs (plain random flips repeat or miss views by chance). It needs the
+image's index and the epoch, which the pipeline supplies.
+
 Explicit options (``flip``, ``rotation``, ``zoom``, ``translation``,
 ``contrast``, ``random_crop``) override the policy's value for that operation.
 """
@@ -27,12 +33,12 @@ from cnnlab.errors import ConfigError
 
 @dataclass
 class AugmentOptions:
-    flip: str = "none"  # none | horizontal | vertical | horizontal_and_vertical
+    flip: str = "none"  # none | horizontal | vertical | horizontal_and_vertical | alternating
     rotation: float = 0.0  # fraction of a full turn
     zoom: float = 0.0
     translation: float = 0.0
     contrast: float = 0.0
-    random_crop: int = 0  # pad by this many pixels (reflect), then crop back
+    random_crop: int = 0  # pad by this many pixels (reflect), then crop back (per image)
     rand_augment: bool = False
 
     def active(self) -> bool:
@@ -53,7 +59,7 @@ POLICIES = {
     ),  # fmt: skip
 }
 NO_FLIP_DATASETS = ("builtin:digits", "builtin:mnist")
-FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
+FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical", "alternating")
 
 
 def resolve_options(policy: str, data_spec: str = "", **explicit) -> AugmentOptions:
@@ -78,16 +84,43 @@ def resolve_options(policy: str, data_spec: str = "", **explicit) -> AugmentOpti
     return opts
 
 
+def random_crops(images: tf.Tensor, pad: int, seed: tf.Tensor | None = None) -> tf.Tensor:
+    """Pad a batch by ``pad`` pixels (reflect), then crop each image back at its own offset.
+
+    Keras' RandomCrop draws one offset per batch; airbench's translations are
+    per image, which is what this does (two gathers, no resampling).
+
+    Example:
+        >>> random_crops(tf.zeros([8, 32, 32, 3]), 2).shape
+        TensorShape([8, 32, 32, 3])
+    """
+    p = int(pad)
+    shape = tf.shape(images)
+    n, h, w = shape[0], shape[1], shape[2]
+    x = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]], mode="REFLECT")
+    if seed is None:
+        offsets = tf.random.uniform([n, 2], 0, 2 * p + 1, dtype=tf.int32)
+    else:
+        offsets = tf.random.stateless_uniform([n, 2], seed, 0, 2 * p + 1, dtype=tf.int32)
+    rows = offsets[:, :1] + tf.range(h)[None, :]
+    cols = offsets[:, 1:] + tf.range(w)[None, :]
+    x = tf.gather(x, rows, axis=1, batch_dims=1)
+    return tf.gather(x, cols, axis=2, batch_dims=1)
+
+
 class Augmenter:
-    """Applies the chosen operations to a batch of images (float32, 0-255)."""
+    """Applies the chosen operations to a batch of images (float32, 0-255).
+
+    ``needs_index`` tells the pipeline to pass each image's index and the epoch
+    number (for ``flip="alternating"``).
+    """
 
     def __init__(self, opts: AugmentOptions, image_size: tuple[int, int], channels: int, seed: int):
         self.opts = opts
-        h, w = image_size
+        self.seed = int(seed)
+        self.needs_index = opts.flip == "alternating"
         layers: list[keras.layers.Layer] = []
-        if opts.random_crop:
-            layers.append(keras.layers.RandomCrop(h, w, seed=seed, name="random_crop"))
-        if opts.flip != "none":
+        if opts.flip not in ("none", "alternating"):
             layers.append(keras.layers.RandomFlip(opts.flip, seed=seed + 1, name="flip"))
         if opts.rotation:
             layers.append(keras.layers.RandomRotation(opts.rotation, fill_mode="reflect",
@@ -107,14 +140,29 @@ class Augmenter:
                                                    factor=0.5, seed=seed + 6, name="rand_augment"))  # fmt: skip
         self.layers = layers
 
-    def __call__(self, images: tf.Tensor) -> tf.Tensor:
+    def flip_mask(self, indices: tf.Tensor, epoch: tf.Tensor) -> tf.Tensor:
+        """True where image ``indices[i]`` is mirrored in ``epoch`` (alternating flip)."""
+        idx = tf.cast(indices, tf.int64)
+        # Knuth's multiplicative hash; bit 16 is close to a fair coin per index.
+        mixed = (idx * 2654435761 + self.seed * 40503 + 12345) % (1 << 32)
+        base = tf.bitwise.right_shift(mixed, 16) % 2
+        return tf.equal((base + tf.cast(epoch, tf.int64)) % 2, 1)
+
+    def __call__(self, images: tf.Tensor, indices: tf.Tensor | None = None,
+                 epoch: tf.Tensor | None = None) -> tf.Tensor:  # fmt: skip
         x = images
         if self.opts.random_crop:
-            p = int(self.opts.random_crop)
-            x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]], mode="REFLECT")
+            x = random_crops(x, int(self.opts.random_crop))
+        if self.needs_index:
+            if indices is None or epoch is None:
+                raise ValueError("alternating flip needs the images' indices and the epoch")
+            mask = self.flip_mask(indices, epoch)
+            x = tf.where(mask[:, None, None, None], tf.reverse(x, axis=[2]), x)
         for layer in self.layers:
             x = layer(x, training=True)
         return tf.clip_by_value(x, 0.0, 255.0)
 
     def describe(self) -> str:
-        return ", ".join(layer.name for layer in self.layers) or "none"
+        names = (["random_crop"] if self.opts.random_crop else []) + (
+            ["alternating_flip"] if self.needs_index else []) + [layer.name for layer in self.layers]  # fmt: skip
+        return ", ".join(names) or "none"

@@ -79,9 +79,18 @@ def make_dataset(
 
     Give either ``images`` (uint8 NHWC, in memory) or ``paths`` (image files).
     The training split is shuffled every epoch and augmented; others are not.
+
+    Decoding and resizing run in parallel (``AUTOTUNE``) and the decoded uint8
+    images are cached in memory when they fit, so from the second epoch on only
+    shuffling, batching and augmentation run. Augmenters that need each
+    image's index and the epoch number (alternating flip) get them: the index
+    travels with the image, and the epoch is counted by the pipeline itself
+    (a variable incremented each time an iterator over the dataset starts, i.e.
+    once per ``fit`` epoch), so no callback has to keep it in step.
     """
     labels = np.asarray(labels, np.int64)
     n = len(labels)
+    needs_index = bool(training and augmenter is not None and getattr(augmenter, "needs_index", False))
     if images is not None:
         ds = tf.data.Dataset.from_tensor_slices((images, labels))
         native = tuple(images.shape[1:3])
@@ -108,20 +117,47 @@ def make_dataset(
     size_bytes = n * image_size[0] * image_size[1] * channels
     if cache == "memory" or (cache == "auto" and size_bytes <= CACHE_LIMIT_BYTES):
         ds = ds.cache()
+    if needs_index:
+        # Index = position in the (unshuffled, cached) split; cheap to add after the cache.
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.range(n))).map(
+            lambda pair, i: (pair[0], pair[1], i))  # fmt: skip
     if training:
         ds = ds.shuffle(min(n, 20_000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE)
 
     weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
 
-    def finish(img, y):
+    def finish(img, y, idx=None, epoch=None):
         x = tf.cast(img, tf.float32)
         if training and augmenter is not None:
-            x = augmenter(x)
+            x = augmenter(x, idx, epoch) if needs_index else augmenter(x)
         y1 = tf.one_hot(y, num_classes)
         if weights is not None:
             return x, y1, tf.gather(weights, y)
         return x, y1
 
-    ds = ds.map(finish, num_parallel_calls=AUTOTUNE)
+    if needs_index:
+        ds = _with_epoch(ds, finish)
+    else:
+        ds = ds.map(finish, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+def _with_epoch(ds: tf.data.Dataset, finish) -> tf.data.Dataset:
+    """Map ``finish(img, y, idx, epoch)`` where ``epoch`` counts iterations over ``ds``.
+
+    A one-element dataset increments the counter when an iterator reaches it
+    (once per pass) and hands the value to the pass's elements. Cardinality is
+    restored so Keras still knows the epoch length.
+    """
+    counter = tf.Variable(-1, dtype=tf.int64, trainable=False, name="pipeline_epoch")
+    batches = ds.cardinality()
+
+    def one_pass(_):
+        epoch = counter.assign_add(1)
+        return ds.map(lambda img, y, idx: finish(img, y, idx, epoch), num_parallel_calls=AUTOTUNE)
+
+    out = tf.data.Dataset.range(1).flat_map(one_pass)
+    if batches >= 0:
+        out = out.apply(tf.data.experimental.assert_cardinality(batches))
+    return out

@@ -34,6 +34,10 @@ class Source:
     images: np.ndarray | None = None  # uint8 (N, H, W, C) for in-memory sources
     paths: np.ndarray | None = None  # str, for file sources
 
+    def __post_init__(self) -> None:
+        # A fixed-width dtype wide enough for "train"; np.array([""]) would be <U1.
+        self.parts = np.asarray(self.parts).astype("<U5")
+
     @property
     def is_files(self) -> bool:
         return self.paths is not None

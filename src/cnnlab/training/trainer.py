@@ -141,6 +141,7 @@ def train(
     from cnnlab.evaluation.evaluate import save_evaluation, score
     from cnnlab.export.saving import load_model, save_model
     from cnnlab.models import create_model, get_spec
+    from cnnlab.training import recipes
     from cnnlab.training.callbacks import EpochStats, RunCheckpoint
 
     started = time.time()
@@ -166,6 +167,7 @@ def train(
             )
     else:
         cfg = resolve_config(config, overrides)
+        explicit = recipes.explicit_keys(config, overrides)
     _setup_logging(cfg.verbose)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
@@ -188,6 +190,21 @@ def train(
         resize=cfg.resize, cache=cfg.cache, class_weight=cfg.class_weight,
         skip_bad_images=cfg.skip_bad_images, data_dir=cfg.data_dir, split=saved_split,
     )  # fmt: skip
+    if resume is None:
+        # The recipe fills in the keys the user did not give (auto: fast for
+        # 20-40 px images). Pipelines are built lazily, so batch size and
+        # augmentation can still change; the split and images are as loaded.
+        n_train0 = len(bundle.examples("train")["labels"])
+        cfg, applied = recipes.apply_recipe(cfg, explicit, bundle.image_size, n_train0)
+        if applied:
+            from cnnlab.data.augment import resolve_options
+
+            log.info("Recipe %s: %s", cfg.recipe, ", ".join(f"{k}={v}" for k, v in applied.items()))
+            spec = get_spec(cfg.model)
+            bundle.batch_size = cfg.batch_size
+            bundle.augment = resolve_options(cfg.augment, cfg.data, **{
+                k: getattr(cfg, k) for k in
+                ("flip", "rotation", "zoom", "translation", "contrast", "random_crop")})  # fmt: skip
     # The resolved config records what was actually used, so the run repeats exactly.
     cfg.image_size = list(bundle.image_size)
     cfg.channels = bundle.channels
@@ -226,7 +243,11 @@ def train(
                 options["weights"] = cfg.weights
             model = create_model(cfg.model, bundle.num_classes, bundle.image_size,
                                  bundle.channels, **options)  # fmt: skip
-            compile_model(model, cfg, steps_per_epoch, bundle.num_classes)
+            recipes.prepare_model(model, bundle)  # e.g. fit airbench's whitening layer
+            if cfg.schedule == "linear":
+                recipes.compile_model(model, cfg, steps_per_epoch, bundle.num_classes)
+            else:
+                compile_model(model, cfg, steps_per_epoch, bundle.num_classes)
     log.info("Model: %s, %s parameters, strategy %s (%d replica(s))", spec.name,
              f"{model.count_params():,}", type(strategy).__name__,
              strategy.num_replicas_in_sync)  # fmt: skip
@@ -234,7 +255,8 @@ def train(
     has_val = bundle.val is not None
     monitor = cfg.monitor if has_val else cfg.monitor.removeprefix("val_")
     checkpoint = RunCheckpoint(run.checkpoints, monitor, state)
-    cbs = [
+    # Recipe callbacks (lookahead) change the weights, so they run before the checkpoint.
+    cbs = recipes.callbacks(cfg, steps_per_epoch) + [
         EpochStats(n_train),
         keras.callbacks.CSVLogger(str(run.history), append=True),
         checkpoint,
@@ -275,6 +297,8 @@ def train(
         "epochs_done": checkpoint.state.get("epochs_done"),
         "train_seconds_this_session": round(train_seconds, 2),
         "parameters": int(final.count_params()),
+        "strategy": type(strategy).__name__,
+        "replicas": int(strategy.num_replicas_in_sync),
     }
     evaluation = None
     if bundle.test is not None:

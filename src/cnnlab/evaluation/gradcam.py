@@ -1,0 +1,138 @@
+"""Grad-CAM (Selvaraju et al. 2017): where in the image the model looked for a class.
+
+The class score's gradient with respect to the last convolutional feature map,
+averaged over space, weighs each channel of that map; the ReLU of the weighted
+sum is the heat map, upsampled to the image.
+
+The class score is the *logit* (the ``predictions`` layer's input times its
+kernel, plus bias) rather than the softmax probability: the probability of a
+confident prediction is flat, so its gradient vanishes and the map goes blank.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Layers that work on a feature map without mixing it spatially: after the last
+# convolution, these still show "what the convolution found, where".
+_PER_PIXEL = ("BatchNormalization", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU",
+              "Add", "Multiply", "Dropout", "SpatialDropout2D", "LayerNormalization")  # fmt: skip
+_CONV = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose")
+
+
+def _is_4d(layer) -> bool:
+    try:
+        shape = layer.output.shape
+    except (AttributeError, ValueError):  # a layer used more than once, or not built
+        return False
+    return len(shape) == 4
+
+
+def find_last_conv_layer(model) -> str:
+    """Name of the layer whose output Grad-CAM should use.
+
+    The last convolution, or the last layer right after it that keeps its
+    feature map as it is (batch norm, activation, residual add): the
+    activated map, before any pooling shrinks it. A nested model (a pretrained
+    backbone used as one layer) counts as a convolution.
+
+    Example:
+        >>> find_last_conv_layer(create_model("resnet20", 10, 32))
+        'stage3_block3_out'
+    """
+    from cnnlab.errors import ModelError
+
+    layers = list(model.layers)
+    last_conv = None
+    for i, layer in enumerate(layers):
+        kind = type(layer).__name__
+        nested = hasattr(layer, "layers") and _is_4d(layer)
+        if (kind in _CONV or nested) and _is_4d(layer):
+            last_conv = i
+    if last_conv is None:
+        raise ModelError(
+            f"Model {model.name} has no convolutional layer for Grad-CAM",
+            expected="a CNN with at least one Conv2D layer (or a convolutional backbone)",
+        )
+    chosen = last_conv
+    shape = tuple(layers[last_conv].output.shape[1:3])
+    for j in range(last_conv + 1, len(layers)):
+        layer = layers[j]
+        if not _is_4d(layer):
+            continue
+        if type(layer).__name__ in _PER_PIXEL and tuple(layer.output.shape[1:3]) == shape:
+            chosen = j
+        elif type(layer).__name__ in _CONV:
+            break
+    return layers[chosen].name
+
+
+def gradcam(model, images: np.ndarray, class_index: np.ndarray | int | None = None,
+            layer: str | None = None, batch_size: int = 32) -> np.ndarray:  # fmt: skip
+    """Heat maps in [0, 1], one per image, of the input's height and width.
+
+    Args:
+        model: a Keras model taking raw 0-255 images.
+        images: (N, H, W, C) array, as the model takes them.
+        class_index: the class to explain, per image or for all; default: the predicted class.
+        layer: the feature-map layer; default: :func:`find_last_conv_layer`.
+
+    Example:
+        >>> maps = gradcam(model, images)           # (N, H, W)
+        >>> over = overlay(images[0], maps[0])      # uint8 RGB for display
+    """
+    import keras
+    import tensorflow as tf
+
+    images = np.asarray(images, np.float32)
+    layer = layer or find_last_conv_layer(model)
+    fmap_out = model.get_layer(layer).output
+    head = None
+    try:
+        head = model.get_layer("predictions")
+    except ValueError:
+        pass
+    use_logits = head is not None and hasattr(head, "kernel") and hasattr(head, "bias")
+    score_out = head.input if use_logits else model.outputs[0]
+    grad_model = keras.Model(model.inputs, [fmap_out, score_out])
+
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = tf.convert_to_tensor(images[start : start + batch_size])
+        with tf.GradientTape() as tape:
+            fmap, score = grad_model(x, training=False)
+            if use_logits:
+                k = tf.cast(head.kernel, score.dtype)
+                b = tf.cast(head.bias, score.dtype) if head.bias is not None else 0.0
+                logits = tf.matmul(score, k) + b
+            else:
+                logits = tf.math.log(tf.clip_by_value(score, 1e-12, 1.0))
+            if class_index is None:
+                cls = tf.argmax(logits, axis=1)
+            elif np.ndim(class_index) == 0:
+                cls = tf.fill([tf.shape(x)[0]], tf.cast(int(class_index), tf.int64))
+            else:
+                cls = tf.constant(np.asarray(class_index)[start : start + batch_size], tf.int64)
+            target = tf.gather(logits, cls, axis=1, batch_dims=1)
+        grads = tape.gradient(target, fmap)
+        weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2), keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * tf.cast(fmap, tf.float32), axis=-1))
+        cam = tf.image.resize(cam[..., None], images.shape[1:3], method="bilinear")[..., 0]
+        out.append(cam.numpy())
+    maps = np.concatenate(out) if out else np.zeros((0, *images.shape[1:3]), np.float32)
+    # Each map is scaled to its own maximum: the question is "where", not "how much".
+    peak = maps.reshape(len(maps), -1).max(axis=1) if len(maps) else np.zeros(0)
+    return maps / np.where(peak > 0, peak, 1.0)[:, None, None]
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Blend a [0, 1] heat map (jet colours) over an image: uint8 RGB of the image's size."""
+    import matplotlib
+
+    img = np.asarray(image, np.float32)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    colours = matplotlib.colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3] * 255.0
+    return np.clip((1 - alpha) * img[..., :3] + alpha * colours, 0, 255).astype(np.uint8)

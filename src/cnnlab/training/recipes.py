@@ -1,0 +1,274 @@
+"""Training recipes: named sets of defaults, applied to the keys a user did not set.
+
+| recipe | what it does |
+| ------ | ------------ |
+| plain  | nothing: every key keeps TrainConfig's default |
+| fast   | airbench94's setup (K. Jordan): the ``airbench`` network (whitening, identity-initialised convs, BatchNorm tricks, TTA), label smoothing 0.2, Nesterov SGD (momentum 0.85) with linear warm-up and decay, lookahead weight averaging, alternating flips and 2-pixel translations |
+| auto   | ``fast`` for small images (20 to 40 pixels a side: CIFAR, Fashion-MNIST, SVHN) when no ``--model`` is given; ``plain`` otherwise (e.g. the 8×8 digits) |
+
+A recipe never overrides a key that was given (flag, YAML or keyword), and the
+resolved values are written to the run's ``config.yaml``, so a run repeats
+exactly and ``--resume`` does not re-apply anything.
+
+The numbers (``FAST``) come from airbench94 with Keras conversions:
+airbench sums the loss over a 1024 batch with lr 1.465e-3, which is lr 1.5 for
+Keras' mean loss; it decays weights by ~1.95e-5 per step at peak rate (PyTorch
+L2 amplified by 1/(1-momentum)), which is Keras' decoupled ``weight_decay``
+1.3e-5 at lr 1.5. Both scale linearly with the batch size here.
+
+Example:
+    >>> cnnlab.train(data="folder:cifar10/train", recipe="fast", epochs=10)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from cnnlab import config as _config
+from cnnlab.config import RECIPES, TrainConfig, load_yaml
+from cnnlab.errors import ConfigError
+
+log = logging.getLogger("cnnlab")
+
+# airbench94's hyperparameters (see the module docstring for the conversions).
+FAST: dict[str, Any] = {
+    "model": "airbench",
+    "width": 0.5,  # quarter of airbench94's compute: what a 2-core CPU affords (see bench/)
+    "epochs": 10,
+    "batch_size": 1024,
+    "lr_per_1024": 1.5,  # mean-loss learning rate at batch 1024, scaled linearly
+    "momentum": 0.85,
+    "weight_decay": 1.3e-5,
+    "label_smoothing": 0.2,
+    "warmup_fraction": 0.23,  # of all steps: lr rises 0.2 → 1.0 × peak
+    "final_fraction": 0.07,  # lr falls linearly to 0.07 × peak at the last step
+    "random_crop": 2,  # translations by up to 2 pixels (reflect padding)
+    "lookahead_every": 5,
+}
+AUTO_MIN_SIDE, AUTO_MAX_SIDE = 20, 40
+NO_FLIP_DATASETS = ("builtin:digits", "builtin:mnist")
+
+
+# ---------------------------------------------------------------------- which keys were given
+def explicit_keys(config: TrainConfig | dict | str | os.PathLike | None,
+                  overrides: dict[str, Any] | None) -> set[str]:  # fmt: skip
+    """The config keys a user set: non-None overrides plus the keys of the given config.
+
+    For a :class:`TrainConfig` object, the keys whose value differs from the default.
+
+    Example:
+        >>> explicit_keys({"epochs": 3}, {"lr": None, "batch_size": 32})
+        {'epochs', 'batch_size'}
+    """
+    aliases = getattr(_config, "ALIASES", {})
+    norm = lambda k: aliases.get(str(k).replace("-", "_"), str(k).replace("-", "_"))  # noqa: E731
+    keys = {norm(k) for k, v in (overrides or {}).items() if v is not None}
+    if isinstance(config, TrainConfig):
+        default = TrainConfig().to_dict()
+        keys |= {k for k, v in config.to_dict().items() if v != default[k]}
+    elif isinstance(config, dict):
+        keys |= {norm(k) for k in config}
+    elif config is not None:
+        keys |= set(load_yaml(config))
+    return keys
+
+
+# ---------------------------------------------------------------------- choosing and applying
+def choose_recipe(cfg: TrainConfig, explicit: set[str], image_size: tuple[int, int]) -> str:
+    """Resolve ``auto`` to ``fast`` or ``plain`` from the image size and whether a model was given."""
+    if cfg.recipe not in RECIPES:
+        raise ConfigError(f"Unknown recipe '{cfg.recipe}'", expected=f"one of {', '.join(RECIPES)}",
+                          fix="Pass --recipe fast, --recipe plain or --recipe auto")  # fmt: skip
+    if cfg.recipe != "auto":
+        return cfg.recipe
+    small = AUTO_MIN_SIDE <= min(image_size) and max(image_size) <= AUTO_MAX_SIDE
+    model_given = "model" in explicit and cfg.model != FAST["model"]
+    return "fast" if small and not model_given else "plain"
+
+
+def fast_batch_size(n_train: int) -> int:
+    """1024 as airbench for large sets; smaller for small ones (at least ~40 steps/epoch)."""
+    size = 2 ** int(math.floor(math.log2(max(n_train / 40, 1))))
+    return int(min(FAST["batch_size"], max(64, size)))
+
+
+def apply_recipe(cfg: TrainConfig, explicit: set[str], image_size: tuple[int, int],
+                 n_train: int) -> tuple[TrainConfig, dict[str, Any]]:  # fmt: skip
+    """Resolve the recipe and fill in its defaults for every key not in ``explicit``.
+
+    Returns the new config (``recipe`` resolved to ``fast`` or ``plain``) and
+    the values the recipe set.
+
+    Example:
+        >>> cfg, applied = apply_recipe(TrainConfig(recipe="fast"), set(), (32, 32), 50000)
+        >>> applied["optimizer"], cfg.batch_size
+        ('sgd', 1024)
+    """
+    name = choose_recipe(cfg, explicit, image_size)
+    if name == "plain":
+        return cfg.replace(recipe="plain"), {}
+    given = lambda k: k in explicit  # noqa: E731
+    d: dict[str, Any] = {}
+    if not given("model"):
+        d["model"] = FAST["model"]
+    epochs = cfg.epochs if given("epochs") else FAST["epochs"]
+    batch = cfg.batch_size if given("batch_size") else fast_batch_size(n_train)
+    d.update(epochs=epochs, batch_size=batch, optimizer="sgd", momentum=FAST["momentum"],
+             nesterov=True, learning_rate=FAST["lr_per_1024"] * batch / 1024,
+             weight_decay=FAST["weight_decay"], label_smoothing=FAST["label_smoothing"],
+             schedule="linear", warmup_epochs=round(FAST["warmup_fraction"] * epochs, 4),
+             augment="none", random_crop=FAST["random_crop"], translation=0.0,
+             flip="none" if cfg.data in NO_FLIP_DATASETS else "alternating")  # fmt: skip
+    d = {k: v for k, v in d.items() if not given(k)}
+    # An explicit optimizer keeps its own default learning rate and momentum.
+    if given("optimizer") and cfg.optimizer != "sgd":
+        for k in ("learning_rate", "momentum", "nesterov", "weight_decay"):
+            d.pop(k, None)
+    model = d.get("model", cfg.model)
+    if model == "airbench":
+        kwargs = {"width": FAST["width"]}
+        if cfg.data in NO_FLIP_DATASETS:
+            kwargs["tta_flip"] = False
+        d["model_kwargs"] = {**kwargs, **(cfg.model_kwargs or {})}
+    new = cfg.replace(recipe="fast", **d)
+    return new, d
+
+
+# ---------------------------------------------------------------------- schedule and optimizer
+@keras.saving.register_keras_serializable(package="cnnlab")
+class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """airbench's schedule: ``start``× → 1× linearly over ``warmup_steps``, then → ``end``× at ``total_steps``.
+
+    Example:
+        >>> s = LinearWarmupDecay(1.0, total_steps=100, warmup_steps=23)
+        >>> [round(float(s(t)), 2) for t in (0, 23, 100)]
+        [0.2, 1.0, 0.07]
+    """
+
+    def __init__(self, learning_rate: float, total_steps: int, warmup_steps: int = 0,
+                 start: float = 0.2, end: float = 0.07):  # fmt: skip
+        self.learning_rate = float(learning_rate)
+        self.total_steps = max(1, int(total_steps))
+        self.warmup_steps = max(0, min(int(warmup_steps), self.total_steps))
+        self.start = float(start)
+        self.end = float(end)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        warm = float(self.warmup_steps)
+        total = float(self.total_steps)
+        up = self.start + (1.0 - self.start) * step / max(warm, 1.0)
+        t = ops.clip((step - warm) / max(total - warm, 1.0), 0.0, 1.0)
+        down = 1.0 + (self.end - 1.0) * t
+        return self.learning_rate * ops.where(step < warm, up, down)
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps, "start": self.start, "end": self.end}  # fmt: skip
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The configured optimizer with the ``linear`` (airbench) schedule."""
+    from cnnlab.training.optimizers import DEFAULT_LEARNING_RATES
+
+    lr = cfg.learning_rate or DEFAULT_LEARNING_RATES[cfg.optimizer]
+    total = steps_per_epoch * cfg.epochs
+    schedule = LinearWarmupDecay(lr, total, int(round(cfg.warmup_epochs * steps_per_epoch)),
+                                 0.2, FAST["final_fraction"])  # fmt: skip
+    wd = cfg.weight_decay or None
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                    weight_decay=wd)  # fmt: skip
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay or 0.01)
+    if cfg.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(schedule, weight_decay=wd)
+    return keras.optimizers.Adam(schedule, weight_decay=wd)
+
+
+def compile_model(model, cfg: TrainConfig, steps_per_epoch: int, num_classes: int) -> None:
+    """Compile as ``trainer.compile_model`` does, with the ``linear`` schedule's optimizer."""
+    k = min(cfg.top_k, num_classes)
+    model.compile(
+        optimizer=make_optimizer(cfg, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                 keras.metrics.TopKCategoricalAccuracy(k=k, name=f"top{k}")],  # fmt: skip
+    )
+
+
+# ---------------------------------------------------------------------- weight averaging
+class Lookahead(keras.callbacks.Callback):
+    """airbench's lookahead: every ``every`` steps blend the weights into a slow copy and write it back.
+
+    The blend keeps ``0.95**every · progress³`` of the slow copy, so early on
+    it follows the weights and towards the end it averages over many steps.
+    At the last step the slow copy becomes the model. All float weights take
+    part, BatchNorm's running statistics included (as airbench's state_dict).
+
+    Example:
+        >>> model.fit(ds, epochs=10, callbacks=[Lookahead(total_steps=10 * len(ds))])
+    """
+
+    def __init__(self, total_steps: int, every: int = 5):
+        super().__init__()
+        self.total_steps = max(1, int(total_steps))
+        self.every = int(every)
+        self._slow: list[np.ndarray] | None = None
+
+    def _variables(self):
+        return [v for v in self.model.weights if "float" in str(v.dtype)]
+
+    def on_train_begin(self, logs=None):
+        self._slow = [np.array(v.numpy()) for v in self._variables()]
+
+    def _blend(self, decay: float) -> None:
+        for v, slow in zip(self._variables(), self._slow):
+            slow *= decay
+            slow += (1.0 - decay) * v.numpy()
+            v.assign(slow)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step >= self.total_steps:
+            self._blend(1.0)  # the slow copy is the final model
+        elif step % self.every == 0:
+            self._blend(0.95**self.every * (step / self.total_steps) ** 3)
+
+
+def callbacks(cfg: TrainConfig, steps_per_epoch: int) -> list[keras.callbacks.Callback]:
+    """Callbacks the recipe needs; they must run before the checkpoint callback."""
+    if cfg.recipe != "fast" or cfg.model != "airbench":
+        return []
+    return [Lookahead(steps_per_epoch * cfg.epochs, FAST["lookahead_every"])]
+
+
+def prepare_model(model, bundle) -> None:
+    """Fit the whitening layer (if any) on up to 5000 training images."""
+    from cnnlab.models.scratch.airbench import init_whitening, whitening_layers
+
+    if not whitening_layers(model):
+        return
+    ex = bundle.examples("train")
+    rng = np.random.default_rng(bundle.seed)
+    idx = np.sort(rng.permutation(len(ex["labels"]))[:5000])
+    if "images" in ex and tuple(ex["images"].shape[1:]) == (*bundle.image_size, bundle.channels):
+        images = ex["images"][idx]
+    else:
+        from cnnlab.data.pipeline import make_dataset
+
+        ds = make_dataset(ex["labels"][idx], num_classes=bundle.num_classes,
+                          image_size=bundle.image_size, channels=bundle.channels,
+                          images=ex["images"][idx] if "images" in ex else None,
+                          paths=ex["paths"][idx] if "paths" in ex else None,
+                          batch_size=500, resize=bundle.resize, cache="none")  # fmt: skip
+        images = np.concatenate([x.numpy() for x, _ in ds])
+    init_whitening(model, images)
+    log.info("Whitening layer fitted on %d training images", len(images))

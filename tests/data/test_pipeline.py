@@ -1,0 +1,72 @@
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from cnnlab.data import load_data
+from cnnlab.data.augment import Augmenter, resolve_options
+from cnnlab.data.pipeline import make_dataset
+
+
+def test_pipeline_emits_raw_pixels_and_one_hot(image_folder):
+    data = load_data(f"folder:{image_folder}", batch_size=4)
+    x, y = next(iter(data.test))
+    assert x.dtype == tf.float32 and x.shape[1:] == (16, 16, 3)
+    assert 100 < float(tf.reduce_max(x)) <= 255.0
+    assert y.shape[1] == 2 and np.allclose(y.numpy().sum(axis=1), 1)
+
+
+def test_resize_modes_keep_or_ignore_aspect(tmp_path):
+    img = np.zeros((20, 40, 3), np.uint8)
+    img[:, :10] = 255  # a white stripe on the left quarter
+    Image.fromarray(img).save(tmp_path / "wide.png")
+    paths = np.array([str(tmp_path / "wide.png")])
+    out = {}
+    for mode in ("stretch", "crop", "pad"):
+        ds = make_dataset([0], num_classes=2, image_size=(10, 10), channels=3, paths=paths,
+                          resize=mode)
+        out[mode] = next(iter(ds))[0][0].numpy()
+    assert out["stretch"][:, :2].mean() > 200  # stripe still at the left edge
+    assert out["crop"][:, :2].mean() < 50  # centre crop cut the stripe away
+    assert out["pad"][:2].mean() == 0 and out["pad"][4:6, :2].mean() > 200  # letterboxed
+
+
+def test_grayscale_arrays_to_rgb_and_resize():
+    images = np.full((3, 8, 8, 1), 200, np.uint8)
+    ds = make_dataset(np.array([0, 1, 0]), num_classes=2, image_size=(16, 16), channels=3,
+                      images=images)
+    x, _ = next(iter(ds))
+    assert x.shape == (3, 16, 16, 3) and np.allclose(x.numpy(), 200, atol=1)
+
+
+def test_augmentation_only_on_training_split(image_folder):
+    data = load_data(f"folder:{image_folder}", augment="standard", batch_size=64,
+                     val_split=0, test_split=0)
+    plain = np.concatenate([x.numpy() for x, _ in data.dataset("train", training=False)])
+    again = np.concatenate([x.numpy() for x, _ in data.dataset("train", training=False)])
+    assert np.array_equal(plain, again)
+    aug = np.concatenate([x.numpy() for x, _ in data.train])
+    assert aug.shape == plain.shape
+    assert not np.allclose(np.sort(aug.ravel()), np.sort(plain.ravel()))
+
+
+def test_policies_and_explicit_overrides():
+    assert resolve_options("auto", "builtin:digits").flip == "none"
+    assert resolve_options("auto", "folder:x").flip == "horizontal"
+    opts = resolve_options("light", "", rotation=0.2, flip="none")
+    assert opts.rotation == 0.2 and opts.flip == "none"
+    aug = Augmenter(resolve_options("strong"), (16, 16), 3, seed=0)
+    x = tf.random.uniform((2, 16, 16, 3), 0, 255)
+    y = aug(x)
+    assert y.shape == x.shape and float(tf.reduce_max(y)) <= 255.0
+    assert "rand_augment" in aug.describe()
+
+
+def test_class_weights_balanced(make_folder):
+    root = make_folder("imb", per_class=4)
+    for f in list((root / "square").iterdir())[:2]:
+        f.unlink()
+    data = load_data(f"folder:{root}", class_weight="balanced", val_split=0, test_split=0)
+    w = data.class_weights()
+    assert np.allclose(w, [6 / (2 * 4), 6 / (2 * 2)])
+    batch = next(iter(data.train))
+    assert len(batch) == 3  # images, labels, per-example weights

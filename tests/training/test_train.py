@@ -1,0 +1,164 @@
+"""End-to-end training: the run folder, no overwrites, resume after SIGKILL, distribution."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import yaml
+
+import cnnlab
+from cnnlab.errors import RunError
+
+TINY = dict(model="simple_cnn", model_kwargs={"filters": [8, 16], "dense": [16]}, batch_size=8,
+            verbose=0)  # fmt: skip
+RUN_FILES = ["config.yaml", "env.json", "classes.json", "data.json", "split.csv", "history.csv",
+             "model.keras", "metrics.json", "checkpoints/last.keras", "checkpoints/best.keras",
+             "checkpoints/state.json", "evaluation-test/metrics.json",
+             "evaluation-test/confusion_matrix.png", "evaluation-test/classification_report.txt"]  # fmt: skip
+
+
+def test_train_writes_a_complete_run_folder(image_folder, runs_dir):
+    result = cnnlab.train(data=f"folder:{image_folder}", epochs=4, output=str(runs_dir), **TINY)
+    run = result.run_dir
+    assert run.parent == runs_dir and run.name.endswith("-simple_cnn-16")
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["image_size"] == [16, 16] and cfg["channels"] == 3 and cfg["epochs"] == 4
+    env = json.loads((run / "env.json").read_text())
+    assert env["seed"] == 42 and env["versions"]["keras"].startswith("3.")
+    assert json.loads((run / "classes.json").read_text()) == ["circle", "square"]
+    with open(run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
+            "images_per_second"} <= set(rows[0])  # fmt: skip
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["num_examples"] == 2  # 10% of 24 images, one per class
+    with open(run / "split.csv") as f:
+        test_labels = sorted(r["label"] for r in csv.DictReader(f) if r["split"] == "test")
+    assert test_labels == ["circle", "square"]
+    assert result.test_accuracy is not None
+
+
+def test_learns_a_learnable_task(make_folder, runs_dir):
+    folder = make_folder("learn", per_class=30)
+    result = cnnlab.train(data=f"folder:{folder}", epochs=8, output=str(runs_dir), lr=3e-3,
+                          test_split=0.2, **TINY)  # fmt: skip
+    assert result.test_accuracy >= 0.9
+
+
+def test_named_run_is_not_overwritten(image_folder, runs_dir):
+    kw = dict(data=f"folder:{image_folder}", epochs=1, output=str(runs_dir), name="exp1", **TINY)
+    cnnlab.train(**kw)
+    with pytest.raises(RunError, match=r"exp1 already exists.*--overwrite.*--resume"):
+        cnnlab.train(**kw)
+    cnnlab.train(**kw, overwrite=True)
+
+
+@pytest.mark.parametrize("opt,sched", [("sgd", "step"), ("rmsprop", "onecycle"),
+                                       ("adamw", "constant")])  # fmt: skip
+def test_optimizers_and_schedules_train(image_folder, runs_dir, opt, sched):
+    result = cnnlab.train(data=f"folder:{image_folder}", epochs=2, output=str(runs_dir),
+                          optimizer=opt, schedule=sched, warmup_epochs=0.5, label_smoothing=0.1,
+                          class_weight="balanced", **TINY)  # fmt: skip
+    assert np.isfinite(result.history["loss"]).all()
+
+
+def test_schedule_shapes():
+    from cnnlab.training.optimizers import WarmupSchedule
+
+    def values(s):
+        return [float(s(i)) for i in range(0, 101, 10)]
+
+    cos = values(WarmupSchedule(1.0, 100, warmup_steps=10, kind="cosine"))
+    assert cos[0] == pytest.approx(0.1) and cos[1] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(cos[1:], cos[2:])) and cos[-1] == pytest.approx(0, abs=1e-6)
+    step = values(WarmupSchedule(1.0, 100, kind="step", boundaries=[50, 80], gamma=0.1))
+    assert step[4] == 1.0 and step[5] == pytest.approx(0.1) and step[8] == pytest.approx(0.01)
+    one = values(WarmupSchedule(1.0, 100, kind="onecycle"))
+    assert one[0] == pytest.approx(1 / 25) and max(one) == pytest.approx(1.0, abs=0.05)
+    assert one[-1] == pytest.approx(1e-4, rel=1e-3)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys, keras, cnnlab
+
+    class KillDuringEpoch3(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.epoch == 2 and batch == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    cnnlab.train(data="folder:" + sys.argv[1], output=sys.argv[2], name="killed", epochs=5,
+                 model="simple_cnn", model_kwargs={"filters": [8], "dense": [8]}, batch_size=4,
+                 verbose=0, callbacks=[KillDuringEpoch3()])
+""")
+
+
+def test_sigkill_during_epoch_3_then_resume_finishes_4_and_5(image_folder, runs_dir, tmp_path):
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    first = subprocess.run([sys.executable, str(script), str(image_folder), str(runs_dir)],
+                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert first.returncode == -9, first.stderr[-2000:]
+    run = runs_dir / "killed"
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert state["epochs_done"] == 2 and not (run / "model.keras").exists()
+
+    second = subprocess.run([sys.executable, "-m", "cnnlab.cli.main", "train", "--resume", str(run)],
+                            env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = second.stdout + second.stderr
+    assert second.returncode == 0, out[-3000:]
+    assert "Resuming" in out and "after epoch 2 of 5" in out
+    assert "Epoch 3/5" in out and "Epoch 1/5" not in out and "Epoch 2/5" not in out
+    with open(run / "history.csv") as f:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
+    assert epochs == [0, 1, 2, 3, 4]
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    assert json.loads((run / "checkpoints" / "state.json").read_text())["epochs_done"] == 5
+
+
+def test_resume_refuses_config_changes(image_folder, runs_dir):
+    result = cnnlab.train(data=f"folder:{image_folder}", epochs=1, output=str(runs_dir), **TINY)
+    with pytest.raises(Exception, match="cannot also change model"):
+        cnnlab.train(resume=result.run_dir, model="resnet20")
+    with pytest.raises(RunError, match="already finished all 1 epochs.*--epochs"):
+        cnnlab.train(resume=result.run_dir)
+
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import sys, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import cnnlab
+    from cnnlab.training import get_strategy
+    print("replicas", get_strategy("mirrored").num_replicas_in_sync)
+    r = cnnlab.train(data="folder:" + sys.argv[1], output=sys.argv[2], epochs=2, batch_size=8,
+                     strategy="mirrored", model="simple_cnn",
+                     model_kwargs={"filters": [8], "dense": [8]}, verbose=0)
+    print("accuracy", r.test_accuracy)
+""")
+
+
+def test_mirrored_strategy_on_two_logical_cpus(image_folder, runs_dir, tmp_path):
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(image_folder), str(runs_dir)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "replicas 2" in proc.stdout
+    assert "accuracy" in proc.stdout
+    (run,) = runs_dir.iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["strategy"] == "MirroredStrategy" and metrics["replicas"] == 2
