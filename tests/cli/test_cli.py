@@ -55,3 +55,18 @@ def test_train_evaluate_predict_through_the_cli(image_folder, tmp_path, capsys):
     assert len(lines) == 12 and "circle" in lines[0] and "square" in lines[0]
     assert main(["models", "list", "resnet*"]) == 0
     assert "resnet20" in capsys.readouterr().out
+
+
+def test_offline_builtin_dataset_fails_with_a_sentence(tmp_path, monkeypatch, capsys):
+    import keras
+
+    def offline():
+        raise Exception("URL fetch failure on https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
+    assert main(["train", "--data", "builtin:cifar10", "--output", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnlab: error: builtin:cifar10 is not on this machine")
+    assert f"cifar-10-python.tar.gz in {tmp_path / 'datasets'}" in err and "--data-dir" in err
+    assert not (tmp_path / "runs").exists()  # no empty run folder left behind

@@ -44,7 +44,7 @@ def test_evaluate_other_folder_with_class_subset(trained):
     ev = cnnlab.evaluate(result.run_dir, data=f"folder:{other}")
     assert ev.metrics["num_examples"] == 10
     assert ev.metrics["per_class"]["b"]["support"] == 0
-    assert ev.output_dir.name == "evaluation-other"
+    assert ev.output_dir.name == "evaluation-folder-other"
     unknown = make_image_folder(root / "unknown", classes=("a", "zebra"), per_class=2)
     with pytest.raises(DataError, match="has class\\(es\\) the model does not know: zebra"):
         cnnlab.evaluate(result.run_dir, data=f"folder:{unknown}")

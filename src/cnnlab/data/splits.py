@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,9 +87,8 @@ def _carve(idx: np.ndarray, labels: np.ndarray, n: int, seed: int) -> tuple[np.n
     counts = counts[counts > 0]
     stratify = y if counts.min() >= 2 and n >= len(counts) and len(idx) - n >= len(counts) else None
     if stratify is None:
-        warnings.warn(
-            "Some classes have too few examples for a stratified split; splitting at random.",
-            stacklevel=3,
+        logging.getLogger("cnnlab").warning(
+            "Some classes have too few examples for a stratified split; splitting at random."
         )
     keep, out = train_test_split(idx, test_size=n, random_state=seed, stratify=stratify)
     return np.sort(keep), np.sort(out)

@@ -140,13 +140,18 @@ def evaluate(
             assign = np.where(bundle.split.assignment == "skipped", "skipped", split)
             bundle.split = Split(assign)
         label_map = _label_map(bundle.class_names, loaded.class_names, data)
-        tag = Path(data.split(":", 1)[-1].rstrip("/")).name or "data"
+        kind, value = data.split(":", 1) if ":" in data else ("data", data)
+        tag = f"{kind}-{Path(value.rstrip('/')).name or 'data'}"
         tag = f"{tag}-{split}" if np.any(bundle.source.parts != "") else tag
     result = score(loaded.model, bundle, split, loaded.class_names, top_k, label_map)
     if output is None:
         base = loaded.run_dir or loaded.model_path.parent
         output = unique_dir(base / f"evaluation-{tag}")
     save_evaluation(result, output)
+    from cnnlab.evaluation.report import try_write_report  # a failed report only warns
+
+    try_write_report(loaded.run_dir, output=output, model=loaded.model, bundle=bundle,
+                     evaluation=result, split=split)  # fmt: skip
     return result
 
 
