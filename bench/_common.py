@@ -55,9 +55,9 @@ def versions() -> dict[str, str]:
             out[mod] = getattr(sys.modules[mod], "__version__", "?")
     try:
         out["cnnlab_commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                              capture_output=True, text=True, timeout=5).stdout.strip()  # fmt: skip
+                                              capture_output=True, text=True, timeout=5, check=False).stdout.strip()  # fmt: skip
         dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()  # fmt: skip
+                               capture_output=True, text=True, timeout=5, check=False).stdout.strip()  # fmt: skip
         out["cnnlab_dirty"] = bool(dirty)
     except (OSError, subprocess.SubprocessError):
         pass

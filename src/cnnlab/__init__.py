@@ -23,6 +23,8 @@ _API = {
     "list_models": "cnnlab.models",
     "register_model": "cnnlab.models",
     "train": "cnnlab.training",
+    "fine_tune": "cnnlab.training.finetune",
+    "lr_find": "cnnlab.training.lr_finder",
     "evaluate": "cnnlab.evaluation",
     "predict": "cnnlab.evaluation",
     "load_model": "cnnlab.export",

@@ -121,17 +121,24 @@ def img(png: bytes | None, alt: str = "", cls: str = "plot", title: str = "") ->
     return f'<img class="{cls}" alt="{esc(alt)}"{t} src="{png_data_uri(png)}">'
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence], numeric: Sequence[int] = (),
-          row_classes: Sequence[str] | None = None, raw: bool = False) -> str:  # fmt: skip
+def table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence],
+    numeric: Sequence[int] = (),
+    row_classes: Sequence[str] | None = None,
+    raw: bool = False,
+) -> str:
     """An HTML table; cells are escaped unless ``raw`` (then they are trusted HTML)."""
     num = set(numeric)
-    head = "".join(f'<th class="n">{esc(h)}</th>' if i in num else f"<th>{esc(h)}</th>"
-                   for i, h in enumerate(headers))  # fmt: skip
+    head = "".join(
+        f'<th class="n">{esc(h)}</th>' if i in num else f"<th>{esc(h)}</th>"
+        for i, h in enumerate(headers)
+    )
     body = []
     for r, row in enumerate(rows):
         cls = f' class="{row_classes[r]}"' if row_classes and row_classes[r] else ""
         cells = "".join(
-            (f'<td class="n">' if i in num else "<td>") + (str(c) if raw else esc(c)) + "</td>"
+            ('<td class="n">' if i in num else "<td>") + (str(c) if raw else esc(c)) + "</td>"
             for i, c in enumerate(row)
         )
         body.append(f"<tr{cls}>{cells}</tr>")
@@ -140,17 +147,23 @@ def table(headers: Sequence[str], rows: Iterable[Sequence], numeric: Sequence[in
 
 def tiles(items: Sequence[tuple[str, str]]) -> str:
     """Big headline numbers: ``[(label, value), ...]``."""
-    return '<div class="tiles">' + "".join(
-        f'<div class="tile"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>'
-        for k, v in items
-    ) + "</div>"
+    return (
+        '<div class="tiles">'
+        + "".join(
+            f'<div class="tile"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>'
+            for k, v in items
+        )
+        + "</div>"
+    )
 
 
 def note(text: str) -> str:
     return f'<p class="note">{esc(text)}</p>'
 
 
-def page(title: str, subtitle: str, sections: Sequence[tuple[str, str, str]], footer: str = "") -> str:
+def page(
+    title: str, subtitle: str, sections: Sequence[tuple[str, str, str]], footer: str = ""
+) -> str:
     """A whole page: ``sections`` are ``(id, heading, inner HTML)``; a nav bar links them.
 
     No script and no external resource: the icon link points at an empty data URI

@@ -20,10 +20,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run",
-         "--disable-default-apps", "--disable-extensions", "--hide-scrollbars",
-         "--mute-audio", "--remote-debugging-pipe"]  # fmt: skip
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--hide-scrollbars",
+    "--mute-audio",
+    "--remote-debugging-pipe",
+]
 
 
 def find_chromium() -> str | None:
@@ -60,8 +70,13 @@ class _Pipe:
         self.next_id = 0
         self.events: list[dict] = []
 
-    def send(self, method: str, params: dict | None = None, session: str | None = None,
-             timeout: float = 30.0) -> dict:  # fmt: skip
+    def send(
+        self,
+        method: str,
+        params: dict | None = None,
+        session: str | None = None,
+        timeout: float = 30.0,
+    ) -> dict:
         self.next_id += 1
         msg = {"id": self.next_id, "method": method, "params": params or {}}
         if session:
@@ -118,8 +133,14 @@ _SECTION_JS = """(() => {
 })()"""
 
 
-def check_page(html: str | os.PathLike, section_ids, screenshot: str | os.PathLike | None = None,
-               width: int = 1280, timeout: float = 60.0, binary: str | None = None) -> PageCheck:  # fmt: skip
+def check_page(
+    html: str | os.PathLike,
+    section_ids,
+    screenshot: str | os.PathLike | None = None,
+    width: int = 1280,
+    timeout: float = 60.0,
+    binary: str | None = None,
+) -> PageCheck:
     """Load ``html`` from disk in headless Chromium; record requests, console and layout.
 
     ``screenshot`` gets a full-page PNG. Raises if Chromium is missing or hangs.
@@ -133,10 +154,22 @@ def check_page(html: str | os.PathLike, section_ids, screenshot: str | os.PathLi
     profile = tempfile.mkdtemp(prefix="cnnlab-chromium-")
     # The shell puts our pipe ends on descriptors 3 and 4, where Chromium expects them.
     cmd = f'exec "$0" "$@" 3<&{to_child_r} 4>&{from_child_w}'
-    proc = subprocess.Popen(["bash", "-c", cmd, binary, *FLAGS, f"--user-data-dir={profile}",
-                             f"--window-size={width},900", "about:blank"],
-                            pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            "bash",
+            "-c",
+            cmd,
+            binary,
+            *FLAGS,
+            f"--user-data-dir={profile}",
+            f"--window-size={width},900",
+            "about:blank",
+        ],
+        pass_fds=(to_child_r, from_child_w),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(to_child_r)
     os.close(from_child_w)
     pipe = _Pipe(proc, to_child_w, from_child_r)
@@ -148,22 +181,42 @@ def check_page(html: str | os.PathLike, section_ids, screenshot: str | os.PathLi
         ]
         for domain in ("Page", "Runtime", "Log", "Network"):
             pipe.send(f"{domain}.enable", session=sid)
-        pipe.send("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False},
-                  session=sid)  # fmt: skip
+        pipe.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+            session=sid,
+        )
         pipe.send("Page.navigate", {"url": url}, session=sid)
         pipe.wait_event("Page.loadEventFired", timeout)
         time.sleep(0.3)  # let late console messages arrive
-        ev = pipe.send("Runtime.evaluate", {"expression": _SECTION_JS % json.dumps(list(section_ids)),
-                                            "returnByValue": True}, session=sid)  # fmt: skip
+        ev = pipe.send(
+            "Runtime.evaluate",
+            {"expression": _SECTION_JS % json.dumps(list(section_ids)), "returnByValue": True},
+            session=sid,
+        )
         info = json.loads(ev["result"]["value"])
-        result.sections, result.images, result.page_height = info["sections"], info["images"], info["height"]
+        result.sections, result.images, result.page_height = (
+            info["sections"],
+            info["images"],
+            info["height"],
+        )
         if screenshot is not None:
-            pipe.send("Emulation.setDeviceMetricsOverride",
-                      {"width": width, "height": result.page_height, "deviceScaleFactor": 1,
-                       "mobile": False}, session=sid)  # fmt: skip
-            shot = pipe.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True},
-                             session=sid, timeout=timeout)  # fmt: skip
+            pipe.send(
+                "Emulation.setDeviceMetricsOverride",
+                {
+                    "width": width,
+                    "height": result.page_height,
+                    "deviceScaleFactor": 1,
+                    "mobile": False,
+                },
+                session=sid,
+            )
+            shot = pipe.send(
+                "Page.captureScreenshot",
+                {"format": "png", "captureBeyondViewport": True},
+                session=sid,
+                timeout=timeout,
+            )
             Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
             result.screenshot = Path(screenshot)
         for e in pipe.events:
@@ -175,7 +228,9 @@ def check_page(html: str | os.PathLike, section_ids, screenshot: str | os.PathLi
             elif method == "Network.loadingFailed":
                 result.errors.append(f"load failed: {p.get('errorText')}")
             elif method == "Runtime.consoleAPICalled":
-                text = " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", []))
+                text = " ".join(
+                    str(a.get("value", a.get("description", ""))) for a in p.get("args", [])
+                )
                 result.console.append(f"{p.get('type')}: {text}")
                 if p.get("type") in ("error", "assert"):
                     result.errors.append(f"console: {text}")
@@ -188,7 +243,7 @@ def check_page(html: str | os.PathLike, section_ids, screenshot: str | os.PathLi
                     result.errors.append(f"log: {entry['text']} {entry.get('url', '')}")
         try:
             pipe.send("Browser.close", timeout=5)
-        except Exception:  # noqa: BLE001 - it may close before answering
+        except (TimeoutError, RuntimeError, OSError):  # it may close before answering
             pass
     finally:
         try:

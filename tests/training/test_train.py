@@ -162,3 +162,15 @@ def test_mirrored_strategy_on_two_logical_cpus(image_folder, runs_dir, tmp_path)
     (run,) = runs_dir.iterdir()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["strategy"] == "MirroredStrategy" and metrics["replicas"] == 2
+
+
+def test_missing_weights_fail_before_a_run_folder_exists(image_folder, runs_dir, tmp_path,
+                                                         monkeypatch):  # fmt: skip
+    from cnnlab.errors import WeightsError
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_keras_home"))
+    monkeypatch.setenv("CNNLAB_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="mobilenet_1_0_224_tf_no_top.h5"):
+        cnnlab.train(data=f"folder:{image_folder}", model="mobilenet", weights="imagenet",
+                     image_size=32, epochs=1, output=str(runs_dir), verbose=0)  # fmt: skip
+    assert not runs_dir.exists()

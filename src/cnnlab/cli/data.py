@@ -10,52 +10,75 @@ def data() -> None:
     """Inspect data sources."""
 
 
-@data.command("inspect", epilog="""\b
+@data.command(
+    "inspect",
+    epilog="""\b
 Examples:
-  cnnlab data inspect folder:photos
-  cnnlab data inspect csv:labels.csv
-  cnnlab data inspect builtin:digits
-""")
+  cnnlab data inspect folder:photos                # writes ./inspect-photos/
+  cnnlab data inspect folder:cifar10 --output checks/cifar10
+  cnnlab data inspect csv:labels.csv --fast        # JPEGs decoded at reduced scale
+  cnnlab data inspect folder:photos --strict       # exit status 1 on leakage or bad files
+\b
+Checks: images per class and split, imbalance, sizes and colour modes,
+undecodable files, extension vs real format, EXIF rotation, exact and near
+duplicates (resized / re-encoded copies) within and across splits, and names
+every train/test leakage pair. Writes inspect.html, inspect.json and
+duplicates.csv (leakage.csv when there is leakage).
+""",
+)
 @click.argument("spec")
 @click.option("--data-dir", help="Folder with archives for builtin datasets.")
-def inspect_cmd(spec, data_dir) -> None:
-    """Classes and counts per split, image sizes and modes, undecodable files."""
-    from collections import Counter
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False),
+    help="Folder for inspect.html/json and the CSVs [./inspect-<name>, never overwritten].",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the results already in --output.")
+@click.option(
+    "--fast",
+    is_flag=True,
+    help="Decode JPEGs at reduced scale (several times faster on large photos; "
+    "truncated files may go unnoticed).",
+)
+@click.option("--no-near", is_flag=True, help="Skip the near-duplicate (perceptual hash) search.")
+@click.option(
+    "--max-distance",
+    type=int,
+    default=None,
+    help="Largest pHash Hamming distance (of 63 bits) for a near duplicate [10].",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit with status 1 when files cannot be decoded, copies leak across splits "
+    "or copies carry different labels.",
+)
+def inspect_cmd(spec, data_dir, output, overwrite, fast, no_near, max_distance, strict) -> None:
+    """Check a data source: counts, sizes, bad files, EXIF rotation, duplicates, leakage."""
+    from pathlib import Path
 
-    from cnnlab.data import open_source, scan_images
+    from cnnlab.data.inspect import DEFAULT_HASH_DISTANCE, default_output_dir, inspect_data
+    from cnnlab.errors import DataError
 
-    source = open_source(spec, data_dir)
-    click.echo(f"{spec}: {len(source)} images, {source.num_classes} classes")
-    parts = sorted(set(source.parts) - {""}) or ["(unsplit)"]
-    counts = {p: Counter(source.labels[(source.parts == p) if p != "(unsplit)" else slice(None)])
-              for p in parts}  # fmt: skip
-    width = max(len(c) for c in source.class_names)
-    click.echo(f"{'class':<{width}}  " + "  ".join(f"{p:>9}" for p in parts))
-    for i, name in enumerate(source.class_names):
-        click.echo(f"{name:<{width}}  " + "  ".join(f"{counts[p].get(i, 0):>9}" for p in parts))
-    per_class = Counter(source.labels)
-    click.echo(f"imbalance (largest / smallest class): "
-               f"{max(per_class.values()) / max(1, min(per_class.values())):.2f}")  # fmt: skip
-    if not source.is_files:
-        click.echo(f"in memory: {source.images.shape[1]}x{source.images.shape[2]}x"
-                   f"{source.images.shape[3]} uint8")  # fmt: skip
-        return
-    infos = scan_images(list(source.paths))
-    good = [i for i in infos if i.ok]
-    sizes = Counter(f"{i.width}x{i.height}" for i in good).most_common(5)
-    modes = Counter(i.mode for i in good).most_common()
-    click.echo("sizes (most common): " + ", ".join(f"{s} ×{n}" for s, n in sizes))
-    click.echo("colour modes: " + ", ".join(f"{m} ×{n}" for m, n in modes))
-    mismatched = [i for i in good if i.extension_mismatch]
-    if mismatched:
-        click.echo(f"{len(mismatched)} file(s) whose extension disagrees with their format "
-                   "(they load fine):")  # fmt: skip
-        for i in mismatched[:20]:
-            click.echo(f"  {i.path}: really {i.format}")
-    bad = [i for i in infos if not i.ok]
-    if bad:
-        click.echo(f"{len(bad)} file(s) cannot be decoded (train with --skip-bad-images to leave them out):")
-        for i in bad:
-            click.echo(f"  {i.path}: {i.problem}")
-    else:
-        click.echo("every file decodes")
+    out = Path(output) if output else default_output_dir(spec)
+    if output and (out / "inspect.json").exists() and not overwrite:
+        raise DataError(
+            f"{out} already holds the results of a data check (inspect.json)",
+            fix="Choose another --output, or pass --overwrite to replace them",
+        )
+    report = inspect_data(
+        spec,
+        data_dir=data_dir,
+        full_decode=not fast,
+        near_duplicates=not no_near,
+        max_distance=DEFAULT_HASH_DISTANCE if max_distance is None else max_distance,
+    )
+    click.echo(report.format_text())
+    written = report.write(out)
+    click.echo(
+        f"\nresults: {written['html']}  (and inspect.json, "
+        + ", ".join(p.name for k, p in written.items() if k not in ("html", "json"))
+        + ")"
+    )
+    if strict and (report.undecodable or report.leakage or report.label_conflicts):
+        click.get_current_context().exit(1)

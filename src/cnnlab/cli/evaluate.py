@@ -29,3 +29,5 @@ def evaluate(model_or_run, **options) -> None:
     click.echo(result.report())
     click.echo(f"results: {result.output_dir}  (metrics.json, classification_report.txt, "
                "confusion_matrix.png, predictions.csv)")  # fmt: skip
+    if result.report_path:
+        click.echo(f"report: {result.report_path}")

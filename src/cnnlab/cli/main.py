@@ -14,10 +14,13 @@ import traceback
 import click
 
 from cnnlab import __version__
+from cnnlab.cli.compare import compare
 from cnnlab.cli.data import data
 from cnnlab.cli.evaluate import evaluate
+from cnnlab.cli.finetune import finetune, lr_find
 from cnnlab.cli.models import models
 from cnnlab.cli.predict import predict
+from cnnlab.cli.report import report
 from cnnlab.cli.train import train
 
 
@@ -36,7 +39,7 @@ def cli() -> None:
     """
 
 
-for command in (train, evaluate, predict, models, data):
+for command in (train, evaluate, predict, models, data, report, compare, finetune, lr_find):
     cli.add_command(command)
 
 
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's start-up chatter
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] in ("train", "evaluate", "predict", "models", "data") and not (
+    heavy = ("train", "evaluate", "predict", "models", "data", "report", "finetune", "lr-find")
+    if args and args[0] in heavy and not (
         {"-h", "--help"} & set(args) or _debug()
     ):
         _quiet_tensorflow_import()

@@ -14,9 +14,13 @@ def models() -> None:
 Examples:
   cnnlab models list
   cnnlab models list 'resnet*'
+  cnnlab models list --pretrained            # and whether their weights are here now
+  KERAS_HOME=/data/keras cnnlab models list --pretrained 'efficientnet*'
 """)
 @click.argument("pattern", default="*")
-@click.option("--pretrained", is_flag=True, help="Only backbones with ImageNet weights.")
+@click.option("--pretrained", is_flag=True,
+              help="Only pretrained backbones, with whether their ImageNet weights are available "
+              "offline right now ($KERAS_HOME/models).")
 def list_cmd(pattern, pretrained) -> None:
     """Registered models matching a glob PATTERN."""
     from cnnlab.models import get_spec, list_models
@@ -26,6 +30,18 @@ def list_cmd(pattern, pretrained) -> None:
         click.echo(f"no model matches {pattern!r}")
         return
     width = max(len(n) for n in names)
+    if pretrained:
+        from cnnlab.models.pretrained.weights import cache_dir, weights_status
+
+        statuses = [weights_status(n) for n in names]
+        have = sum(s.available for s in statuses)
+        click.echo(f"weights cache: {cache_dir()}  ({have} of {len(names)} available now)")
+        for n, st in zip(names, statuses):
+            spec = get_spec(n)
+            mark = "yes" if st.available else "no "
+            click.echo(f"{n:<{width}}  {spec.default_image_size:>4}px  weights {mark}  "
+                       f"{st.describe()}")  # fmt: skip
+        return
     for n in names:
         spec = get_spec(n)
         click.echo(f"{n:<{width}}  {spec.family:<14} {spec.default_image_size:>4}px  {spec.description}")

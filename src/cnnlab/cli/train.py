@@ -25,7 +25,8 @@ Examples:
               help="Defaults for the options not given: fast = airbench94-style training "
                    "(airbench model, SGD, lookahead, alternating flips, TTA); auto = fast "
                    "for 20-40 px images when no --model is given, else plain [auto].")
-@click.option("--model", help="Architecture name (see `cnnlab models list`) [default: simple_cnn].")
+@click.option("--model", help="Architecture name (see `cnnlab models list`) "
+                   "[default: simple_cnn; airbench under the fast recipe].")
 @click.option("--model-kwargs", multiple=True, metavar="KEY=VALUE",
               help="Model option, repeatable; values are YAML (filters=[32,64]).")
 @click.option("--weights", help="Pretrained weights: 'imagenet' or a file path.")
@@ -97,4 +98,6 @@ def train(config_file, resume, quiet, model_kwargs, **options) -> None:
         click.echo(result.evaluation.report())
     if test:
         click.echo(f"test accuracy {test['accuracy']:.4f}  ({test['num_examples']} images)")
+    if result.report:
+        click.echo(f"report: {result.report}")
     click.echo(f"run folder: {result.run_dir}")

@@ -50,8 +50,13 @@ def reliability_bins(probs: np.ndarray, y_true: np.ndarray, n_bins: int = 15) ->
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     # right-closed bins: index b holds edges[b] < c <= edges[b+1]; c == 0 goes to bin 0
     idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
-    out: dict = {"lower": edges[:-1].tolist(), "upper": edges[1:].tolist(), "count": [],
-                 "confidence": [], "accuracy": []}  # fmt: skip
+    out: dict = {
+        "lower": edges[:-1].tolist(),
+        "upper": edges[1:].tolist(),
+        "count": [],
+        "confidence": [],
+        "accuracy": [],
+    }
     for b in range(n_bins):
         sel = idx == b
         n = int(sel.sum())
@@ -73,8 +78,13 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: in
     total = sum(bins["count"])
     if total == 0:
         return 0.0
-    return float(sum(n / total * abs(a - c) for n, a, c in
-                     zip(bins["count"], bins["accuracy"], bins["confidence"]) if n))  # fmt: skip
+    return float(
+        sum(
+            n / total * abs(a - c)
+            for n, a, c in zip(bins["count"], bins["accuracy"], bins["confidence"])
+            if n
+        )
+    )
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -98,8 +108,9 @@ def negative_log_likelihood(probs: np.ndarray, y_true: np.ndarray) -> float:
     return float(-np.mean(np.log(p)))
 
 
-def fit_temperature(probs: np.ndarray, y_true: np.ndarray,
-                    bounds: tuple[float, float] = (0.05, 20.0)) -> float:  # fmt: skip
+def fit_temperature(
+    probs: np.ndarray, y_true: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)
+) -> float:
     """The temperature minimising the NLL of ``probs`` (from a held-out split).
 
     A one-dimensional bounded search over ``log T`` (the NLL is smooth and
@@ -117,14 +128,16 @@ def fit_temperature(probs: np.ndarray, y_true: np.ndarray,
         return 1.0
     res = minimize_scalar(
         lambda log_t: negative_log_likelihood(apply_temperature(probs, np.exp(log_t)), y_true),
-        bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
+        bounds=(np.log(bounds[0]), np.log(bounds[1])),
+        method="bounded",
         options={"xatol": 1e-4},
-    )  # fmt: skip
+    )
     return float(np.exp(res.x))
 
 
-def plot_reliability(bins: dict, path, title: str = "Reliability diagram",
-                     calibrated: dict | None = None) -> None:  # fmt: skip
+def plot_reliability(
+    bins: dict, path, title: str = "Reliability diagram", calibrated: dict | None = None
+) -> None:
     """Bar chart of accuracy per confidence bin against the diagonal, with the gap shaded.
 
     ``calibrated`` (bins after temperature scaling) is drawn as a line on top.
@@ -136,20 +149,34 @@ def plot_reliability(bins: dict, path, title: str = "Reliability diagram",
     lower = np.array(bins["lower"])
     width = np.array(bins["upper"]) - lower
     acc = np.array([a if a is not None else 0.0 for a in bins["accuracy"]])
-    conf = np.array([c if c is not None else lo + w / 2 for c, lo, w in
-                     zip(bins["confidence"], lower, width)])  # fmt: skip
+    conf = np.array(
+        [c if c is not None else lo + w / 2 for c, lo, w in zip(bins["confidence"], lower, width)]
+    )
     count = np.array(bins["count"])
     fig, (ax, axc) = plt.subplots(2, 1, figsize=(5.2, 6), height_ratios=(3, 1), sharex=True)
-    ax.bar(lower, acc, width=width, align="edge", color="#4c78a8", edgecolor="white",
-           label="accuracy")  # fmt: skip
+    ax.bar(
+        lower, acc, width=width, align="edge", color="#4c78a8", edgecolor="white", label="accuracy"
+    )
     filled = count > 0  # empty bins have no accuracy, hence no gap to draw
     gap_lo, gap_hi = np.minimum(acc, conf)[filled], np.maximum(acc, conf)[filled]
-    ax.bar(lower[filled], gap_hi - gap_lo, bottom=gap_lo, width=width[filled], align="edge",
-           color="#e45756", alpha=0.35, edgecolor="#e45756", hatch="//",
-           label="gap to mean confidence")  # fmt: skip
+    ax.bar(
+        lower[filled],
+        gap_hi - gap_lo,
+        bottom=gap_lo,
+        width=width[filled],
+        align="edge",
+        color="#e45756",
+        alpha=0.35,
+        edgecolor="#e45756",
+        hatch="//",
+        label="gap to mean confidence",
+    )
     if calibrated is not None:
-        pts = [(c, a) for c, a in zip(calibrated["confidence"], calibrated["accuracy"])
-               if a is not None]
+        pts = [
+            (c, a)
+            for c, a in zip(calibrated["confidence"], calibrated["accuracy"])
+            if a is not None
+        ]
         if pts:
             xs, ys = zip(*pts)
             ax.plot(xs, ys, "o-", color="#f58518", label="after temperature scaling")

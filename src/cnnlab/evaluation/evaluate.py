@@ -26,6 +26,7 @@ class EvaluationResult:
     class_names: list[str]
     names: list[str] = field(default_factory=list)  # file path or example index, per row
     output_dir: Path | None = None
+    report_path: Path | None = None  # report.html, when it could be written
 
     @property
     def accuracy(self) -> float:
@@ -150,8 +151,8 @@ def evaluate(
     save_evaluation(result, output)
     from cnnlab.evaluation.report import try_write_report  # a failed report only warns
 
-    try_write_report(loaded.run_dir, output=output, model=loaded.model, bundle=bundle,
-                     evaluation=result, split=split)  # fmt: skip
+    result.report_path = try_write_report(loaded.run_dir, output=output, model=loaded.model,
+                                          bundle=bundle, evaluation=result, split=split)  # fmt: skip
     return result
 
 

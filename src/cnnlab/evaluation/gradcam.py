@@ -15,8 +15,19 @@ import numpy as np
 
 # Layers that work on a feature map without mixing it spatially: after the last
 # convolution, these still show "what the convolution found, where".
-_PER_PIXEL = ("BatchNormalization", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU",
-              "Add", "Multiply", "Dropout", "SpatialDropout2D", "LayerNormalization")  # fmt: skip
+_PER_PIXEL = (
+    "BatchNormalization",
+    "Activation",
+    "ReLU",
+    "LeakyReLU",
+    "PReLU",
+    "ELU",
+    "Add",
+    "Multiply",
+    "Dropout",
+    "SpatialDropout2D",
+    "LayerNormalization",
+)
 _CONV = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose")
 
 
@@ -67,8 +78,13 @@ def find_last_conv_layer(model) -> str:
     return layers[chosen].name
 
 
-def gradcam(model, images: np.ndarray, class_index: np.ndarray | int | None = None,
-            layer: str | None = None, batch_size: int = 32) -> np.ndarray:  # fmt: skip
+def gradcam(
+    model,
+    images: np.ndarray,
+    class_index: np.ndarray | int | None = None,
+    layer: str | None = None,
+    batch_size: int = 32,
+) -> np.ndarray:
     """Heat maps in [0, 1], one per image, of the input's height and width.
 
     Args:

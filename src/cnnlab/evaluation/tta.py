@@ -42,11 +42,18 @@ def apply_view(x: np.ndarray, view: str) -> np.ndarray:
     return _shift(x, dy, dx)
 
 
-def tta_predict(model, images: np.ndarray, views: list[str] | None = None,
-                batch_size: int = 128, return_views: bool = False):  # fmt: skip
+def tta_predict(
+    model,
+    images: np.ndarray,
+    views: list[str] | None = None,
+    batch_size: int = 128,
+    return_views: bool = False,
+    identity_probs: np.ndarray | None = None,
+):
     """Mean softmax probabilities over ``views`` (default :func:`tta_views`) of each image.
 
     With ``return_views``, also a dict of each view's own probabilities.
+    ``identity_probs`` (the plain predictions, when already known) saves one pass.
 
     Example:
         >>> probs = tta_predict(model, test_images)      # (N, num_classes)
@@ -57,8 +64,18 @@ def tta_predict(model, images: np.ndarray, views: list[str] | None = None,
     total = None
     each = {}
     for view in views:
-        parts = [np.asarray(model(apply_view(images[i : i + batch_size], view), training=False),
-                            np.float64) for i in range(0, len(images), batch_size)]  # fmt: skip
+        if view == "identity" and identity_probs is not None:
+            probs = np.asarray(identity_probs, np.float64)
+            total = probs if total is None else total + probs
+            if return_views:
+                each[view] = probs
+            continue
+        parts = [
+            np.asarray(
+                model(apply_view(images[i : i + batch_size], view), training=False), np.float64
+            )
+            for i in range(0, len(images), batch_size)
+        ]
         probs = np.concatenate(parts) if parts else np.zeros((0, int(model.output_shape[-1])))
         total = probs if total is None else total + probs
         if return_views:

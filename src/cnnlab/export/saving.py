@@ -25,8 +25,11 @@ def load_model(path: str | os.PathLike):
     """Load a ``.keras`` model saved by cnnlab (its custom layers and schedules included)."""
     import keras
 
-    import cnnlab.models  # noqa: F401 - registers cnnlab's serialisable layers
-    import cnnlab.training.optimizers  # noqa: F401 - registers WarmupSchedule
+    # Importing these registers cnnlab's serialisable layers and schedules with Keras.
+    import cnnlab.models
+    import cnnlab.training.optimizers
+    import cnnlab.training.finetune  # layer-wise optimizers of fine-tuned models
+    import cnnlab.training.recipes  # noqa: F401
 
     cnnlab.models.registry._ensure_loaded()
     path = Path(path)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnnlab.errors import ModelError, close_matches
+from cnnlab.errors import CnnlabError, ModelError, close_matches
 
 
 @dataclass
@@ -135,7 +135,7 @@ def create_model(
     try:
         return spec.builder(num_classes=num_classes, input_shape=(h, w, channels), **options)
     except (TypeError, ValueError) as e:
-        if isinstance(e, ModelError):
+        if isinstance(e, CnnlabError):  # already a user-facing sentence (e.g. missing weights)
             raise
         raise ModelError(
             f"{spec.name} could not be built with options {options}: {e}",

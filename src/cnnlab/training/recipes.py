@@ -68,7 +68,7 @@ def explicit_keys(config: TrainConfig | dict | str | os.PathLike | None,
         {'epochs', 'batch_size'}
     """
     aliases = getattr(_config, "ALIASES", {})
-    norm = lambda k: aliases.get(str(k).replace("-", "_"), str(k).replace("-", "_"))  # noqa: E731
+    norm = lambda k: aliases.get(str(k).replace("-", "_"), str(k).replace("-", "_"))
     keys = {norm(k) for k, v in (overrides or {}).items() if v is not None}
     if isinstance(config, TrainConfig):
         default = TrainConfig().to_dict()
@@ -95,7 +95,7 @@ def choose_recipe(cfg: TrainConfig, explicit: set[str], image_size: tuple[int, i
 
 def fast_batch_size(n_train: int) -> int:
     """1024 as airbench for large sets; smaller for small ones (at least ~40 steps/epoch)."""
-    size = 2 ** int(math.floor(math.log2(max(n_train / 40, 1))))
+    size = 2 ** (math.floor(math.log2(max(n_train / 40, 1))))
     return int(min(FAST["batch_size"], max(64, size)))
 
 
@@ -114,7 +114,7 @@ def apply_recipe(cfg: TrainConfig, explicit: set[str], image_size: tuple[int, in
     name = choose_recipe(cfg, explicit, image_size)
     if name == "plain":
         return cfg.replace(recipe="plain"), {}
-    given = lambda k: k in explicit  # noqa: E731
+    given = lambda k: k in explicit
     d: dict[str, Any] = {}
     if not given("model"):
         d["model"] = FAST["model"]
@@ -180,7 +180,7 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.O
 
     lr = cfg.learning_rate or DEFAULT_LEARNING_RATES[cfg.optimizer]
     total = steps_per_epoch * cfg.epochs
-    schedule = LinearWarmupDecay(lr, total, int(round(cfg.warmup_epochs * steps_per_epoch)),
+    schedule = LinearWarmupDecay(lr, total, round(cfg.warmup_epochs * steps_per_epoch),
                                  0.2, FAST["final_fraction"])  # fmt: skip
     wd = cfg.weight_decay or None
     if cfg.optimizer == "sgd":

@@ -35,6 +35,7 @@ class TrainResult:
     metrics: dict[str, Any]
     config: TrainConfig
     evaluation: Any = None
+    report: Path | None = None  # report.html, when it could be written
 
     @property
     def test_accuracy(self) -> float | None:
@@ -99,7 +100,9 @@ def read_history(path: Path) -> dict[str, list[float]]:
         return {}
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) for r in rows if r.get(k) not in (None, "")] for k in (rows[0] if rows else {})}
+    # Keras' CSVLogger writes "NA" val_* columns when a run has no validation split.
+    cols = {k: [float(r[k]) for r in rows if r.get(k) not in (None, "", "NA")] for k in (rows[0] if rows else {})}
+    return {k: v for k, v in cols.items() if v}
 
 
 def _setup_logging(verbose: int) -> None:
@@ -211,23 +214,13 @@ def train(
     n_train = len(bundle.examples("train")["labels"])
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
 
-    if run is None:
-        run = RunFolder.create(cfg.output, spec.name, bundle.image_size, cfg.name, cfg.overwrite)
-        write_text(run.config, dump_yaml(cfg.to_dict()))
-        write_json(run.env, environment(cfg.seed))
-        write_json(run.classes, bundle.class_names)
-        write_json(run.data, {**bundle.summary(), "augment": vars(bundle.augment)})
-        bundle.split.save(run.split, bundle.source)
-        if bundle.bad_files:
-            run.write_bad_files(bundle.bad_files)
-    log.info("Run folder: %s", run.path)
     log.info("Data: %s, %d classes, image size %s x %d channels, split %s",
              cfg.data, bundle.num_classes, "x".join(map(str, bundle.image_size)),
              bundle.channels, bundle.split.counts())  # fmt: skip
 
     strategy = get_strategy(cfg.strategy)
     epochs_done = 0
-    last = run.checkpoints / "last.keras"
+    last = run.checkpoints / "last.keras" if run is not None else None
     with strategy.scope():
         if state and last.is_file():
             model = load_model(last)
@@ -248,6 +241,19 @@ def train(
                 recipes.compile_model(model, cfg, steps_per_epoch, bundle.num_classes)
             else:
                 compile_model(model, cfg, steps_per_epoch, bundle.num_classes)
+    if run is None:
+        # Created only now that data and model are known to work: a bad option or
+        # missing weights file leaves no empty run folder behind.
+        run = RunFolder.create(cfg.output, spec.name, bundle.image_size, cfg.name, cfg.overwrite)
+        write_text(run.config, dump_yaml(cfg.to_dict()))
+        write_json(run.env, environment(cfg.seed))
+        write_json(run.classes, bundle.class_names)
+        write_json(run.data, {**bundle.summary(), "augment": vars(bundle.augment)})
+        bundle.split.save(run.split, bundle.source)
+        if bundle.bad_files:
+            run.write_bad_files(bundle.bad_files)
+        _check_data(bundle, run)
+    log.info("Run folder: %s", run.path)
     log.info("Model: %s, %s parameters, strategy %s (%d replica(s))", spec.name,
              f"{model.count_params():,}", type(strategy).__name__,
              strategy.num_replicas_in_sync)  # fmt: skip
@@ -286,8 +292,10 @@ def train(
     train_seconds = time.time() - t0
 
     # The final model is the best validation epoch (or the last one without validation).
+    # The fast recipe's schedule and lookahead are built to end at the last
+    # epoch (measured: CIFAR-10 epoch 10 0.823 vs its best-train-accuracy epoch 8 0.798).
     best = run.checkpoints / "best.keras"
-    final = load_model(best) if best.is_file() else model
+    final = load_model(best) if best.is_file() and cfg.recipe != "fast" else model
     save_model(final, run.model)
 
     metrics: dict[str, Any] = {
@@ -314,5 +322,21 @@ def train(
                  m["accuracy"], k, m[f"top{k}"], m["macro avg"]["f1-score"], m["num_examples"])  # fmt: skip
     metrics["total_seconds_this_session"] = round(time.time() - started, 2)
     write_json(run.metrics, metrics)
+    from cnnlab.evaluation.report import try_write_report  # a failed report only warns
+
+    report = try_write_report(run.path, model=final, bundle=bundle, evaluation=evaluation)
     log.info("Done in %.1f s. Run folder: %s", time.time() - started, run.path)
-    return TrainResult(run.path, final, read_history(run.history), metrics, cfg, evaluation)
+    return TrainResult(run.path, final, read_history(run.history), metrics, cfg, evaluation,
+                       report)  # fmt: skip
+
+
+def _check_data(bundle, run: RunFolder) -> None:
+    """The dataset check (duplicates, leakage across the drawn split, odd files), logged and
+    written to the run folder. Advisory: a failure here never stops training."""
+    from cnnlab.data.inspect import check_before_training
+
+    try:
+        check_before_training(bundle, run.path)
+    except Exception as e:  # noqa: BLE001
+        log.warning("The dataset check could not run (%s: %s); training goes on",
+                    type(e).__name__, e)  # fmt: skip

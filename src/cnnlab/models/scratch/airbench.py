@@ -196,7 +196,7 @@ class TTAViews(layers.Layer):
         out = [x]
         if self.level == 0:
             return out
-        mirror = lambda t: ops.flip(t, axis=2)  # noqa: E731
+        mirror = lambda t: ops.flip(t, axis=2)
         if self.flip:
             out.append(mirror(x))
         if self.level >= 2:
@@ -293,7 +293,7 @@ def airbench(
         if not width or width <= 0:
             raise ModelError(f"airbench: bad width {width!r}", expected="a positive multiplier like 0.5",
                              fix="Pass --model-kwargs width=0.5")  # fmt: skip
-        widths = [max(8, int(round(w * width / 8)) * 8) for w in BASE_WIDTHS]
+        widths = [max(8, round(w * width / 8) * 8) for w in BASE_WIDTHS]
     widths = [int(w) for w in widths]
     if len(widths) != 3:
         raise ModelError(f"airbench: widths {widths} has {len(widths)} entries",

@@ -15,7 +15,7 @@ import keras
 from keras import layers
 
 from cnnlab.models.registry import register_model
-from cnnlab.models.scratch.common import classifier_head, conv_bn_act, image_input
+from cnnlab.models.scratch.common import bn_layer, classifier_head, conv_bn_act, image_input
 
 
 def _basic_block(x, filters: int, stride: int, name: str):
@@ -25,7 +25,7 @@ def _basic_block(x, filters: int, stride: int, name: str):
     if stride != 1 or x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False,
                                  kernel_initializer="he_normal", name=f"{name}_proj_conv")(x)  # fmt: skip
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = bn_layer(f"{name}_proj_bn")(shortcut)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.Activation("relu", name=f"{name}_out")(y)
 

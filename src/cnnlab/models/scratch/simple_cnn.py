@@ -17,7 +17,7 @@ from keras import layers
 
 from cnnlab.errors import ModelError
 from cnnlab.models.registry import register_model
-from cnnlab.models.scratch.common import image_input
+from cnnlab.models.scratch.common import bn_layer, image_input
 
 BLOCK_KEYS = ("filters", "kernel_size", "activation", "padding", "convs", "batch_norm",
               "pool", "pool_size", "dropout")  # fmt: skip
@@ -82,7 +82,7 @@ def simple_cnn(
             x = layers.Conv2D(int(b["filters"]), int(b["kernel_size"]), padding=b["padding"],
                               use_bias=not b["batch_norm"], name=f"block{i}_conv{j}")(x)  # fmt: skip
             if b["batch_norm"]:
-                x = layers.BatchNormalization(name=f"block{i}_bn{j}")(x)
+                x = bn_layer(f"block{i}_bn{j}")(x)
             x = layers.Activation(b["activation"], name=f"block{i}_act{j}")(x)
         # 'same' pooling never shrinks a 1-pixel map to nothing on tiny inputs.
         if b["pool"] == "max":

@@ -15,9 +15,9 @@ from cnnlab.models.scratch.common import classifier_head, conv_bn_act, image_inp
 
 # Numbers are conv widths, "M" a 2×2 max pool.
 CONFIGS = {
-    "vgg8": [64, "M", 128, "M", 256, 256, "M", 512, "M"],
-    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+    "vgg8_bn": [64, "M", 128, "M", 256, 256, "M", 512, "M"],
+    "vgg11_bn": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16_bn": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
               512, 512, 512, "M"],  # fmt: skip
 }
 

@@ -1,0 +1,183 @@
+"""CIFAR-10 time to accuracy: cnnlab's fast recipe against the seed-style Keras baseline.
+
+Both contenders train in the same run on the same machine, on the JPEG copy of
+CIFAR-10 (all 50,000 training images; test accuracy on the 10,000 test images
+after every epoch, evaluation time not counted):
+
+- **fast**: ``cnnlab.train(recipe="fast")``, i.e. the airbench network
+  (``--width``) with its recipe, for ``--epochs`` epochs; test accuracy with the
+  model's test-time augmentation, as ``cnnlab evaluate`` reports it.
+- **baseline**: the classic Keras ``cifar10_cnn.py`` network (conv 32-32, pool,
+  conv 64-64, pool, dense 512, dropout), Adam 1e-3, batch 64, random flips and
+  10% shifts, for ``--baseline-epochs`` epochs. It is fed by cnnlab's cached
+  tf.data pipeline (not ImageDataGenerator), so the comparison isolates the
+  recipe; ``bench/input_pipeline.py`` measures the loaders.
+
+The baseline stops early once its training time passes ``--budget-minutes``;
+the fast recipe always runs its ``--epochs`` (its schedule and weight
+averaging are built to end there; cutting it short would report a model in
+mid-schedule), so a shorter fast run means fewer ``--epochs`` or a smaller
+``--width``.
+Times are training wall time (the first epoch includes decoding and caching
+the JPEGs); the one-off file scan and set-up are reported separately.
+
+Usage:
+    python bench/cifar10_time_to_accuracy.py                       # full: fast 10 epochs, baseline 30
+    python bench/cifar10_time_to_accuracy.py --epochs 4 --budget-minutes 10   # shorter: ~1/3 of the time
+    python bench/cifar10_time_to_accuracy.py --epochs 4 --baseline-epochs 3 --width 0.25   # smoke test
+    python bench/cifar10_time_to_accuracy.py --data /tmp/data/cifar10 --only fast
+
+``--data`` takes the unpacked folder (with train/ and test/) or the zip;
+default: ../shared/data/cifar10-jpg.zip, unpacked once to ~/.cache/cnnlab.
+Results are appended to bench/results/cifar10_time_to_accuracy.jsonl.
+The CPU may be shared with other work: compare numbers from one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common
+
+_common.quiet_tensorflow()
+
+THRESHOLDS = (0.70, 0.75, 0.80, 0.90, 0.93, 0.94)
+
+
+def make_test_callback(test_ds, labels, budget_s: float, curve: list, name: str):
+    """A callback recording (epoch, training seconds, test accuracy) and enforcing the budget."""
+    import keras
+    import numpy as np
+
+    class TestCurve(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.train_seconds = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.train_seconds += time.perf_counter() - self._t0
+            t = time.perf_counter()
+            probs = self.model.predict(test_ds, verbose=0)
+            acc = float(np.mean(np.argmax(probs, 1) == labels))
+            curve.append({"contender": name, "epoch": epoch + 1,
+                          "train_seconds": round(self.train_seconds, 1), "test_accuracy": acc,
+                          "eval_seconds": round(time.perf_counter() - t, 1)})  # fmt: skip
+            print(f"  {name} epoch {epoch + 1}: {self.train_seconds:7.1f} s  test {acc:.4f}", flush=True)
+            if self.train_seconds > budget_s:
+                self.model.stop_training = True
+
+    return TestCurve()
+
+
+def run_fast(root: Path, args, test, curve: list) -> dict:
+    import cnnlab
+
+    t0 = time.perf_counter()
+    ds, labels = test
+    cb = make_test_callback(ds, labels, float("inf"), curve, "fast")
+    out = args.runs or tempfile.mkdtemp(prefix="cnnlab-bench-")
+    result = cnnlab.train(data=f"folder:{root / 'train'}", recipe="fast", epochs=args.epochs,
+                          model_kwargs={"width": args.width}, val_split=0.0, test_split=0.0,
+                          output=out, verbose=0, seed=args.seed, callbacks=[cb])  # fmt: skip
+    total = time.perf_counter() - t0
+    return {"run_dir": str(result.run_dir), "setup_seconds": round(total - cb.train_seconds
+            - sum(r["eval_seconds"] for r in curve if r["contender"] == "fast"), 1),
+            "config": result.config.to_dict()}  # fmt: skip
+
+
+def run_baseline(root: Path, args, test, curve: list) -> dict:
+    import keras
+    from throughput import keras_example_cnn
+
+    from cnnlab.data import load_data
+
+    t0 = time.perf_counter()
+    keras.utils.set_random_seed(args.seed)
+    # The seed's augmentation: random horizontal flips and 10% shifts.
+    bundle = load_data(f"folder:{root / 'train'}", val_split=0.0, test_split=0.0, batch_size=64,
+                       augment="light", seed=args.seed)  # fmt: skip
+    model = keras_example_cnn(bundle.num_classes)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy",
+                  metrics=["accuracy"])  # fmt: skip
+    setup = time.perf_counter() - t0
+    ds, labels = test
+    cb = make_test_callback(ds, labels, args.budget_minutes * 60, curve, "baseline")
+    model.fit(bundle.train, epochs=args.baseline_epochs, callbacks=[cb], verbose=0)
+    return {"setup_seconds": round(setup, 1)}
+
+
+def time_to(curve: list, name: str, threshold: float) -> float | None:
+    for r in curve:
+        if r["contender"] == name and r["test_accuracy"] >= threshold:
+            return r["train_seconds"]
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--data", help="CIFAR-10 folder (train/, test/) or the zip [../shared/data/cifar10-jpg.zip]")
+    ap.add_argument("--cache-dir", help="where the zip is unpacked [~/.cache/cnnlab/cifar10-jpg]")
+    ap.add_argument("--epochs", type=int, default=10, help="fast recipe epochs [10]")
+    ap.add_argument("--width", type=float, default=0.5, help="airbench width multiplier [0.5]")
+    ap.add_argument("--baseline-epochs", type=int, default=30, help="baseline epochs [30]")
+    ap.add_argument("--budget-minutes", type=float, default=60.0,
+                    help="stop the baseline after the epoch that passes this much training time [60]")
+    ap.add_argument("--only", choices=["fast", "baseline"], help="run one contender")
+    ap.add_argument("--runs", help="output folder for the fast run's run folder [a temp dir]")
+    ap.add_argument("--seed", type=int, default=42)
+    args = ap.parse_args(argv)
+
+    import numpy as np
+
+    from cnnlab.data import load_data
+
+    root = _common.cifar10_folder(args.data, args.cache_dir)
+    print(f"CIFAR-10 at {root}", flush=True)
+    tb = load_data(f"folder:{root / 'test'}", val_split=0.0, test_split=0.0, batch_size=500, augment="none")
+    test_ds = tb.dataset("train", training=False).cache()
+    test = (test_ds, np.asarray(tb.examples("train")["labels"]))
+    curve: list[dict] = []
+    info = {}
+    if args.only in (None, "fast"):
+        print(f"fast recipe: airbench width {args.width}, {args.epochs} epochs", flush=True)
+        info["fast"] = run_fast(root, args, test, curve)
+    if args.only in (None, "baseline"):
+        print(f"baseline: Keras example CNN, Adam 1e-3, batch 64, {args.baseline_epochs} epochs", flush=True)
+        info["baseline"] = run_baseline(root, args, test, curve)
+
+    print("\nTest accuracy after each epoch (training wall time, s):")
+    print(_common.table(curve, ["contender", "epoch", "train_seconds", "test_accuracy"]))
+    summary = []
+    for th in THRESHOLDS:
+        f, b = time_to(curve, "fast", th), time_to(curve, "baseline", th)
+        summary.append({"accuracy": f"{th:.0%}", "fast s": f, "baseline s": b,
+                        "baseline / fast": (b / f) if f and b else None})  # fmt: skip
+    print("\nTime to accuracy:")
+    print(_common.table(summary))
+    for name in ("fast", "baseline"):
+        rows = [r for r in curve if r["contender"] == name]
+        if rows:
+            best = max(r["test_accuracy"] for r in rows)
+            print(f"{name}: final {rows[-1]['test_accuracy']:.4f} after {rows[-1]['epoch']} epochs, "
+                  f"{rows[-1]['train_seconds']:.0f} s; best {best:.4f}")  # fmt: skip
+    if "fast" in info:
+        print(f"fast run folder: {info['fast']['run_dir']}")
+    path = _common.append_result("cifar10_time_to_accuracy", {
+        "args": vars(args), "data": str(root), "curve": curve, "time_to": summary,
+        "info": {k: {kk: vv for kk, vv in v.items() if kk != "config"} for k, v in info.items()},
+        "fast_config": info.get("fast", {}).get("config")})  # fmt: skip
+    print(f"\nappended to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

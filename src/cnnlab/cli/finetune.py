@@ -1,0 +1,183 @@
+"""``cnnlab finetune`` and ``cnnlab lr-find``: the pretrained-backbone recipe and the LR sweep.
+
+Both take ``cnnlab train``'s flags (copied from that command, so they never
+drift apart) plus their own.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import click
+
+from cnnlab.cli.options import parse_kwargs
+from cnnlab.cli.train import train as _train_command
+
+_HELP = {
+    "model": "Pretrained backbone (see `cnnlab models list --pretrained`) [mobilenet].",
+    "weights": "'imagenet' (Keras' cache, $KERAS_HOME/models), a weights file, or 'none' [imagenet].",
+    "epochs": "Stage-2 epochs: top blocks unfrozen, lower rate [10].",
+    "learning_rate": "Stage-1 (head) learning rate [adam/adamw/rmsprop 1e-3, sgd 0.05].",
+    "image_size": "Size images are resized to [the backbone's default, e.g. 224].",
+    "early_stopping": "Stop a stage after PATIENCE epochs without improvement [off].",
+}
+
+
+def _train_params(keep=None, drop=("resume", "recipe")) -> list[click.Parameter]:
+    """Copies of `cnnlab train`'s options, with help adjusted to fine-tuning."""
+    out = []
+    for param in _train_command.params:
+        if param.name in drop or (keep is not None and param.name not in keep):
+            continue
+        p = copy.copy(param)
+        if p.name in _HELP:
+            p.help = _HELP[p.name]
+        out.append(p)
+    return out
+
+
+@click.command(
+    "finetune",
+    epilog="""\b
+Examples:
+  cnnlab finetune --data folder:flowers --image-size 160          # mobilenet, ImageNet weights
+  cnnlab finetune --data folder:flowers --model efficientnet_lite0 --freeze-epochs 5 --epochs 5
+  cnnlab finetune --data folder:photos --model resnet50 --unfreeze 0.5 --layer-decay 0.8
+  cnnlab finetune --data folder:photos --weights ~/Downloads/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 --model resnet50
+  cnnlab lr-find --data folder:flowers --model mobilenet --image-size 160   # pick --lr first
+
+\b
+Stage 1 trains a new head on the frozen backbone (on features computed once
+when no augmentation comes before the backbone: the log says "feature path").
+Stage 2 unfreezes the top blocks (BatchNorm stays frozen) at --stage2-lr and
+keeps whichever epoch of either stage scored best on validation.
+Offline: --weights imagenet reads $KERAS_HOME/models/<file>; a missing file is
+named in the error, with the URL to fetch it from.
+""",
+)
+@click.option("--freeze-epochs", type=int, help="Stage-1 epochs: new head, backbone frozen [10].")
+@click.option(
+    "--unfreeze",
+    metavar="N|FRACTION|all",
+    help="Stage 2 trains the top N blocks, a fraction of them, or all [0.25]; 0 skips it.",
+)
+@click.option("--stage2-lr", type=float, help="Stage-2 learning rate [stage-1 rate / 10].")
+@click.option(
+    "--layer-decay",
+    type=float,
+    help="Layer-wise rates: each unfrozen block below the top gets this factor more [off].",
+)
+@click.option(
+    "--stage1-augment/--no-stage1-augment",
+    default=None,
+    help="Augment in stage 1 too (runs the backbone every batch) [off].",
+)
+@click.option(
+    "--feature-cache",
+    type=click.Choice(["auto", "off"]),
+    help="auto: compute frozen-backbone features once when possible [auto].",
+)
+def finetune(config_file, quiet, model_kwargs, **options) -> None:
+    """Fine-tune a pretrained backbone in two stages; same run folder as `cnnlab train`."""
+    import cnnlab
+
+    options["model_kwargs"] = parse_kwargs(model_kwargs) if model_kwargs else None
+    if quiet:
+        options["verbose"] = 0
+    result = cnnlab.fine_tune(config_file, **options)
+    stages = result.metrics.get("stages", {})
+    test = result.metrics.get("test")
+    if result.evaluation is not None and not quiet:
+        click.echo(result.evaluation.report())
+    for key, stage in stages.items():
+        monitor = result.metrics.get("monitor", "val_accuracy")
+        value = stage.get(monitor)
+        extra = f", test accuracy {stage['test_accuracy']:.4f}" if "test_accuracy" in stage else ""
+        path = f" ({stage['path']} path)" if "path" in stage else ""
+        click.echo(
+            f"stage {key}{path}: best {monitor} {value:.4f}{extra}"
+            if value is not None
+            else f"stage {key}: no epochs"
+        )
+    if test:
+        click.echo(f"test accuracy {test['accuracy']:.4f}  ({test['num_examples']} images)")
+    click.echo(f"run folder: {result.run_dir}")
+
+
+finetune.params = _train_params() + finetune.params
+
+
+_LR_FIND_KEEP = (
+    "config_file",
+    "data",
+    "data_dir",
+    "model",
+    "model_kwargs",
+    "weights",
+    "image_size",
+    "channels",
+    "resize",
+    "val_split",
+    "test_split",
+    "skip_bad_images",
+    "cache",
+    "batch_size",
+    "optimizer",
+    "weight_decay",
+    "momentum",
+    "nesterov",
+    "label_smoothing",
+    "seed",
+    "output",
+    "quiet",
+)
+
+
+@click.command(
+    "lr-find",
+    epilog="""\b
+Examples:
+  cnnlab lr-find --data folder:flowers --model mobilenet --image-size 160
+  cnnlab lr-find --data builtin:digits --model simple_cnn --steps 80
+  cnnlab lr-find --data folder:flowers --model resnet50 --stage full --end-lr 0.1
+
+\b
+Trains a throw-away model for --steps batches while the learning rate grows
+from --start-lr to --end-lr, then writes lr_find.png (loss against rate),
+lr_find.csv and lr_find.json and prints the suggested rate (the minimum of the
+smoothed loss / 10). Pass it on as --lr.
+""",
+)
+@click.option("--start-lr", type=float, default=1e-7, show_default=True)
+@click.option("--end-lr", type=float, default=1.0, show_default=True)
+@click.option(
+    "--steps", "num_steps", type=int, default=100, show_default=True, help="Batches in the sweep."
+)
+@click.option(
+    "--stage",
+    type=click.Choice(["auto", "head", "full"]),
+    default="auto",
+    show_default=True,
+    help="head: the new head on the frozen backbone (pretrained models); full: every layer.",
+)
+def lr_find(config_file, quiet, model_kwargs, **options) -> None:
+    """Sweep the learning rate, plot loss against it, and suggest one."""
+    import cnnlab
+
+    options["model_kwargs"] = parse_kwargs(model_kwargs) if model_kwargs else None
+    options["verbose"] = 0 if quiet else 1
+    result = cnnlab.lr_find(config_file, **options)
+    if result.suggestion:
+        click.echo(
+            f"suggested learning rate: {result.suggestion:.3g}  (loss lowest at "
+            f"{result.min_loss_lr:.3g}; steepest descent at "
+            f"{result.steepest:.3g})"
+            if result.steepest
+            else f"suggested learning rate: {result.suggestion:.3g}"
+        )
+    else:
+        click.echo("no suggestion: the sweep was too short; raise --steps or widen the range")
+    click.echo(f"plot: {result.plot}")
+
+
+lr_find.params = _train_params(keep=_LR_FIND_KEEP) + lr_find.params

@@ -1,0 +1,186 @@
+"""The dataset check: counts, bad files, EXIF rotation, duplicates and train/test leakage."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnlab.data.inspect import (
+    _thumbnail,
+    check_before_training,
+    default_output_dir,
+    inspect_data,
+    phash,
+)
+
+
+def photo(rng: np.random.Generator, size: int = 48) -> Image.Image:
+    """A distinct picture: random plane waves and blobs (unrelated ones are ~30 hash bits apart)."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = np.full((size, size, 3), 128.0)
+    for _ in range(4):
+        f, phase = rng.uniform(1, 5, 2), rng.uniform(0, 2 * np.pi)
+        img += np.sin(2 * np.pi * (f[0] * yy + f[1] * xx) + phase)[..., None] * rng.uniform(
+            20, 60, 3
+        )
+    for _ in range(3):
+        (cy, cx), r = rng.random(2), rng.uniform(0.05, 0.2)
+        img += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))[..., None] * rng.uniform(
+            -120, 120, 3
+        )
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture
+def leaky(tmp_path) -> tuple[Path, set[tuple[str, str]]]:
+    """train/ and test/ of distinct pictures; some test images are copies of training ones."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "leaky"
+    for split, n in (("train", 12), ("test", 4)):
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                photo(rng).save(root / split / c / f"{c}{i:02d}.png")
+    tr, te = root / "train", root / "test"
+    shutil.copy(tr / "cat/cat00.png", te / "cat/copy.png")  # byte-identical
+    Image.open(tr / "cat/cat01.png").resize((96, 96), Image.Resampling.BICUBIC).save(
+        te / "cat/bigger.png"
+    )
+    Image.open(tr / "dog/dog02.png").resize((24, 24), Image.Resampling.LANCZOS).save(
+        te / "dog/smaller.png"
+    )
+    Image.open(tr / "dog/dog03.png").save(te / "dog/reencoded.jpg", quality=50)
+    buf = io.BytesIO()  # shrunk and re-encoded, then stored as PNG
+    Image.open(tr / "cat/cat04.png").resize((30, 30)).save(buf, "JPEG", quality=40)
+    Image.open(buf).save(te / "cat/small_jpeg.png")
+    shutil.copy(tr / "dog/dog05.png", te / "cat/mislabelled.png")  # a dog filed as a cat
+    expected = {
+        ("cat/cat00.png", "cat/copy.png"),
+        ("cat/cat01.png", "cat/bigger.png"),
+        ("dog/dog02.png", "dog/smaller.png"),
+        ("dog/dog03.png", "dog/reencoded.jpg"),
+        ("cat/cat04.png", "cat/small_jpeg.png"),
+        ("dog/dog05.png", "cat/mislabelled.png"),
+    }
+    return root, expected
+
+
+def _rel(path: str, root: Path) -> str:
+    return Path(path).relative_to(root).as_posix()
+
+
+def test_leakage_named_file_by_file(leaky):
+    root, expected = leaky
+    report = inspect_data(f"folder:{root}")
+    found = {(_rel(p["a"], root / "train"), _rel(p["b"], root / "test")) for p in report.leakage}
+    assert found == expected  # every copy, and no unrelated pair
+    assert all(p["split_a"] == "train" and p["split_b"] == "test" for p in report.leakage)
+    kinds = {_rel(p["b"], root / "test"): p["exact"] for p in report.leakage}
+    assert kinds["cat/copy.png"] and kinds["cat/mislabelled.png"] and not kinds["cat/bigger.png"]
+    assert [(_rel(p["a"], root), p["label_b"]) for p in report.label_conflicts] == [
+        ("train/dog/dog05.png", "cat")
+    ]
+    assert report.counts == {"train": {"cat": 12, "dog": 12}, "test": {"cat": 8, "dog": 6}}
+    text = report.format_text()
+    assert "leakage across splits: 6 pair(s)" in text
+    assert f"train {root / 'train/cat/cat01.png'}  ==  test {root / 'test/cat/bigger.png'}" in text
+    assert "copies with different labels: 1" in text
+
+
+def test_results_written_and_never_overwritten(leaky, tmp_path, monkeypatch):
+    root, _ = leaky
+    report = inspect_data(f"folder:{root}")
+    monkeypatch.chdir(tmp_path)
+    out = default_output_dir(f"folder:{root}")
+    assert out == Path("inspect-leaky")
+    written = report.write(out)
+    assert {p.name for p in written.values()} == {
+        "inspect.json",
+        "inspect.html",
+        "duplicates.csv",
+        "leakage.csv",
+    }
+    assert default_output_dir(f"folder:{root}") == Path("inspect-leaky-2")
+    data = json.loads(written["json"].read_text())
+    assert len(data["leakage"]) == 6 and data["problems"]
+    assert len(written["leakage"].read_text().strip().splitlines()) == 1 + 6
+    html = written["html"].read_text()
+    assert 'id="leakage"' in html and "bigger.png" in html and "<script" not in html
+
+
+def test_file_problems(tmp_path):
+    rng = np.random.default_rng(1)
+    root = tmp_path / "odd"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    for i in range(6):
+        photo(rng).save(root / "a" / f"{i}.png")
+    photo(rng).save(root / "b" / "0.png")
+    photo(rng).save(root / "b" / "png_named.jpg", format="PNG")  # extension lies
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° to view"
+    photo(rng).convert("RGB").save(root / "b" / "sideways.jpg", exif=exif)
+    buf = io.BytesIO()
+    photo(rng).convert("RGB").save(buf, "JPEG")
+    (root / "b" / "truncated.jpg").write_bytes(buf.getvalue()[:300])
+    photo(rng).convert("L").save(root / "b" / "gray.png")
+    shutil.copy(root / "a" / "0.png", root / "a" / "again.png")  # duplicate within the split
+    report = inspect_data(f"folder:{root}")
+    assert report.splits == ["all"]
+    assert report.counts["all"] == {"a": 7, "b": 5}
+    assert report.imbalance == pytest.approx(7 / 5)
+    assert [Path(u["path"]).name for u in report.undecodable] == ["truncated.jpg"]
+    assert report.undecodable[0]["problem"] == "cannot be decoded: truncated image data"
+    assert [(Path(u["path"]).name, u["format"]) for u in report.extension_mismatch] == [
+        ("png_named.jpg", "PNG")
+    ]
+    assert [(Path(u["path"]).name, u["orientation"]) for u in report.exif_rotated] == [
+        ("sideways.jpg", 6)
+    ]
+    assert report.modes == {"RGB": 10, "L": 1}  # the truncated file is not counted
+    assert [sorted(Path(f).name for f in g["files"]) for g in report.exact_groups] == [
+        ["0.png", "again.png"]
+    ]
+    assert report.leakage == [] and report.within_split_duplicates() == 1
+    text = report.format_text()
+    assert "!!  undecodable files: 1" in text and "png_named.jpg: really PNG" in text
+    assert "no split yet" in text
+
+
+def test_phash_is_robust_to_resizing_and_reencoding():
+    rng = np.random.default_rng(2)
+    a, b = photo(rng), photo(rng)
+    buf = io.BytesIO()
+    a.resize((20, 20)).convert("RGB").save(buf, "JPEG", quality=40)
+    h = phash(np.stack([_thumbnail(x) for x in (a, a.resize((100, 100)), Image.open(buf), b)]))
+    dist = np.bitwise_count(h[0] ^ h)
+    assert dist[1] <= 2 and dist[2] <= 4 and dist[3] >= 16
+
+
+def test_in_memory_source():
+    report = inspect_data("builtin:digits", near_duplicates=False)
+    assert report.num_images == 1797 and report.splits == ["all"]
+    assert sum(report.counts["all"].values()) == 1797
+    assert report.sizes["most_common"][0] == ("8×8", 1797)
+
+
+def test_check_before_training(leaky, tmp_path, caplog):
+    from cnnlab.data import load_data
+
+    root, _ = leaky
+    bundle = load_data(f"folder:{root}", val_split=0.2, seed=0)
+    with caplog.at_level(logging.WARNING, logger="cnnlab"):
+        report = check_before_training(bundle, tmp_path)
+    assert report is not None and not report.settings["full_decode"]
+    assert set(report.splits) == {"train", "val", "test"}
+    assert len(report.leakage) >= 5  # the six copies, against whichever split each original fell in
+    assert "duplicate pair(s) across splits (leakage)" in caplog.text
+    assert (tmp_path / "inspect.json").is_file() and (tmp_path / "leakage.csv").is_file()
+    assert check_before_training(load_data("builtin:digits")) is None  # in memory: nothing to check

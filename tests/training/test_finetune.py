@@ -1,0 +1,258 @@
+"""fine_tune and lr_find: two stages, frozen BatchNorm, best-of-both-stages, reload, LR sweep.
+
+The backbone is MobileNet at 32 px with "pretrained" weights made at run time
+(random convolutions, BatchNorm statistics measured on random images) and
+passed as a local weights file, so no test needs the network or ../shared.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from cnnlab.errors import ConfigError, ModelError, WeightsError
+from cnnlab.models.pretrained.applications import (
+    BACKBONES,
+    batchnorm_layers,
+    get_backbone,
+    make_backbone,
+)
+from cnnlab.training.finetune import (
+    LAYERWISE,
+    fine_tune,
+    resolve_finetune_config,
+    unfrozen_block_count,
+)
+
+
+@pytest.fixture(scope="module")
+def backbone_weights(tmp_path_factory) -> Path:
+    """MobileNet backbone weights whose BatchNorm layers hold real statistics."""
+    base = make_backbone(BACKBONES["mobilenet"], (32, 32, 3))
+    for bn in batchnorm_layers(base):
+        bn.momentum = 0.0  # one training-mode pass sets the moving statistics
+    x = np.random.default_rng(0).uniform(-1, 1, (64, 32, 32, 3)).astype("float32")
+    base(x, training=True)
+    path = tmp_path_factory.mktemp("weights") / "mobilenet_backbone.weights.h5"
+    base.save_weights(path)
+    return path
+
+
+@pytest.fixture
+def flowers(make_folder) -> Path:
+    return make_folder("flowers", classes=("red", "green", "blue"), per_class=16, size=32)
+
+
+def _bn_state(model) -> list[np.ndarray]:
+    return [w.numpy().copy() for bn in batchnorm_layers(get_backbone(model)) for w in bn.weights]
+
+
+class _Watch(keras.callbacks.Callback):
+    """Records, at every epoch, whether the backbone's BatchNorm state moved."""
+
+    def __init__(self, reference: list[np.ndarray]):
+        super().__init__()
+        self.reference = reference
+        self.seen: list[tuple[int, bool]] = []
+        self.kernels: dict[int, dict[str, np.ndarray]] = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if "pooler" not in [layer.name for layer in self.model.layers]:
+            return  # stage 1 on the feature path fits the head alone
+        state = _bn_state(self.model)
+        same = all(np.array_equal(a, b) for a, b in zip(state, self.reference))
+        stage = int(logs["stage"])
+        self.seen.append((stage, same))
+        base = get_backbone(self.model)
+        self.kernels[stage] = {
+            n: base.get_layer(n).weights[0].numpy().copy() for n in ("conv1", "conv_pw_13")
+        }
+
+
+def test_two_stages_keep_batchnorm_frozen_and_the_run_reloads(
+    flowers, runs_dir, backbone_weights, caplog
+):
+    from cnnlab.export.saving import load_model
+    from cnnlab.models import create_model
+
+    caplog.set_level(logging.INFO, logger="cnnlab")
+    reference = create_model("mobilenet", 3, 32, weights=str(backbone_weights))
+    initial = _bn_state(reference)
+    stem0 = get_backbone(reference).get_layer("conv1").weights[0].numpy()
+    watch = _Watch(initial)
+    result = fine_tune(
+        data=f"folder:{flowers}",
+        weights=str(backbone_weights),
+        image_size=32,
+        batch_size=8,
+        val_split=0.25,
+        test_split=0.25,
+        freeze_epochs=2,
+        epochs=2,
+        unfreeze="1",
+        feature_cache="off",
+        output=str(runs_dir),
+        verbose=1,
+        callbacks=[watch],
+    )
+    assert "Stage 1 (2 epochs, lr 0.001): backbone path" in caplog.text
+    # BatchNorm never moved, in either stage, though both ran the backbone under fit().
+    assert [s for s, _ in watch.seen] == [1, 1, 2, 2]
+    assert all(same for _, same in watch.seen)
+    assert all(np.array_equal(a, b) for a, b in zip(_bn_state(result.model), initial))
+    # Stage 2 trained the top block only.
+    assert np.array_equal(watch.kernels[2]["conv1"], stem0)
+    assert not np.array_equal(watch.kernels[2]["conv_pw_13"], watch.kernels[1]["conv_pw_13"])
+
+    stages = result.metrics["stages"]
+    assert stages["1"]["path"] == "backbone" and stages["2"]["unfrozen_blocks"] == ["block_13"]
+    assert result.metrics["best_value"] >= stages["1"]["val_accuracy"]
+    run = result.run_dir
+    for name in (
+        "config.yaml",
+        "split.csv",
+        "history.csv",
+        "model.keras",
+        "metrics.json",
+        "evaluation-test/metrics.json",
+        "checkpoints/best.keras",
+    ):
+        assert (run / name).is_file(), name
+    with open(run / "history.csv", newline="") as f:
+        assert [int(float(r["stage"])) for r in csv.DictReader(f)] == [1, 1, 2, 2]
+    assert "unfreeze: '1'" in (run / "config.yaml").read_text()
+
+    # The saved model predicts exactly as the one in memory, BatchNorm still frozen.
+    images = np.random.default_rng(1).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    reloaded = load_model(run / "model.keras")
+    np.testing.assert_allclose(
+        reloaded.predict(images, verbose=0), result.model.predict(images, verbose=0), atol=1e-6
+    )
+    assert reloaded.get_layer("preprocess").mode == "tf"
+    assert all(not bn.trainable for bn in batchnorm_layers(get_backbone(reloaded)))
+
+
+def test_stage2_never_leaves_the_model_worse_and_the_cli_reports_both(
+    flowers, runs_dir, backbone_weights, capsys
+):
+    from cnnlab.cli.main import main
+
+    # A learning rate this large wrecks stage 2; the run must keep stage 1's best epoch.
+    code = main(
+        [
+            "finetune",
+            "--data",
+            f"folder:{flowers}",
+            "--weights",
+            str(backbone_weights),
+            "--image-size",
+            "32",
+            "-b",
+            "8",
+            "--val-split",
+            "0.25",
+            "--test-split",
+            "0.25",
+            "--freeze-epochs",
+            "4",
+            "--lr",
+            "0.01",
+            "--epochs",
+            "2",
+            "--unfreeze",
+            "all",
+            "--stage2-lr",
+            "50",
+            "--output",
+            str(runs_dir),
+            "-q",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "stage 1 (features path): best val_accuracy" in out and "stage 2: best" in out
+    import json
+
+    run = Path(out.split("run folder: ")[1].strip())
+    metrics = json.loads((run / "metrics.json").read_text())
+    s1, s2 = metrics["stages"]["1"], metrics["stages"]["2"]
+    assert s2["improved_on_stage1"] is False
+    assert metrics["best_epoch"] <= 4 and metrics["best_value"] == s1["val_accuracy"]
+    assert metrics["test"]["accuracy"] == pytest.approx(s1["test_accuracy"], abs=1e-6)
+
+
+def test_fine_tune_config_defaults_and_errors():
+    cfg, opts = resolve_finetune_config({"unfreeze": "all", "freeze-epochs": 3}, {"epochs": 4})
+    assert (cfg.model, cfg.weights, cfg.epochs) == ("mobilenet", "imagenet", 4)
+    assert (opts.unfreeze, opts.freeze_epochs) == ("all", 3)
+    assert unfrozen_block_count("all", 14) == 14
+    assert unfrozen_block_count("0.25", 14) == 4 and unfrozen_block_count("3", 14) == 3
+    assert unfrozen_block_count("0", 14) == 0 and unfrozen_block_count("99", 14) == 14
+    with pytest.raises(ConfigError, match="Unknown config key 'unfreez'.*Did you mean: unfreeze"):
+        resolve_finetune_config(None, {"unfreez": "all"})
+    with pytest.raises(ConfigError, match="Bad unfreeze: received 'most'"):
+        resolve_finetune_config(None, {"unfreeze": "most"})
+    with pytest.raises(ConfigError, match="Bad layer_decay"):
+        resolve_finetune_config(None, {"layer_decay": 1.5})
+
+
+def test_scratch_models_are_refused_and_weights_checked_before_data(tmp_path, monkeypatch):
+    from cnnlab.models.pretrained import weights as weights_mod
+
+    with pytest.raises(
+        ModelError, match="fine_tune needs a pretrained backbone; received model=simple_cnn"
+    ):
+        fine_tune(model="simple_cnn", data="folder:/nowhere")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv("CNNLAB_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"):
+        fine_tune(model="resnet50", data="folder:/nowhere", output=str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()  # nothing was created
+    assert weights_mod.cache_dir() == tmp_path / "empty" / "models"
+
+
+def test_layerwise_rates_scale_each_variable_and_survive_saving():
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(3, name="low")(inputs)
+    outputs = keras.layers.Dense(2, activation="softmax", name="high")(x)
+    model = keras.Model(inputs, outputs)
+    low = model.get_layer("low").kernel
+    cls = LAYERWISE[keras.optimizers.SGD]
+    model.compile(cls(0.1, lr_multipliers={low.path: 0.0}), "categorical_crossentropy")
+    before_low, before_high = low.numpy().copy(), model.get_layer("high").kernel.numpy().copy()
+    rng = np.random.default_rng(0)
+    model.train_on_batch(
+        rng.normal(size=(8, 4)), keras.utils.to_categorical(rng.integers(0, 2, 8), 2)
+    )
+    assert np.array_equal(low.numpy(), before_low)  # multiplier 0: frozen in effect
+    assert not np.array_equal(model.get_layer("high").kernel.numpy(), before_high)
+    again = cls.from_config(model.optimizer.get_config())
+    assert again.lr_multipliers == {low.path: 0.0} and type(again).__name__ == "LayerwiseSGD"
+
+
+def test_lr_find_sweeps_the_head_and_suggests_a_rate(flowers, tmp_path, backbone_weights, caplog):
+    import cnnlab
+
+    caplog.set_level(logging.INFO, logger="cnnlab")
+    result = cnnlab.lr_find(
+        data=f"folder:{flowers}",
+        weights=str(backbone_weights),
+        image_size=32,
+        batch_size=8,
+        num_steps=40,
+        start_lr=1e-5,
+        end_lr=10.0,
+        output_dir=tmp_path / "lr",
+        verbose=1,
+    )
+    assert result.stage == "head" and len(result.learning_rates) >= 11
+    assert 1e-5 <= result.learning_rates[0] < result.learning_rates[-1] <= 10.0
+    assert result.suggestion is not None and 1e-6 <= result.suggestion <= 1.0
+    for name in ("lr_find.png", "lr_find.csv", "lr_find.json"):
+        assert (tmp_path / "lr" / name).is_file()
+    assert "Suggested learning rate" in caplog.text

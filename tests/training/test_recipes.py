@@ -1,0 +1,144 @@
+"""The fast recipe's parts: which keys it fills, its schedule, alternating flip, translations, lookahead."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cnnlab.config import TrainConfig
+from cnnlab.data.augment import Augmenter, AugmentOptions, random_crops
+from cnnlab.data.pipeline import make_dataset
+from cnnlab.errors import ConfigError
+from cnnlab.training import recipes
+
+
+def test_schedule_warms_up_then_decays_linearly():
+    s = recipes.LinearWarmupDecay(2.0, total_steps=100, warmup_steps=23)
+    lr = np.array([float(s(t)) for t in range(101)])
+    assert lr[0] == pytest.approx(0.4)  # starts at 0.2 x peak
+    assert lr[23] == pytest.approx(2.0)  # peak at the end of warm-up
+    assert lr[100] == pytest.approx(0.14)  # ends at 0.07 x peak
+    assert np.all(np.diff(lr[:24]) > 0) and np.all(np.diff(lr[23:]) < 0)
+    np.testing.assert_allclose(np.diff(lr[:23]), np.diff(lr[:23])[0], rtol=1e-4)  # linear up
+    np.testing.assert_allclose(np.diff(lr[23:]), np.diff(lr[23:])[0], rtol=1e-4)  # linear down
+    again = recipes.LinearWarmupDecay.from_config(s.get_config())
+    assert float(again(50)) == pytest.approx(float(s(50)))
+
+
+def test_fast_fills_only_keys_not_given():
+    cfg = TrainConfig(recipe="fast", epochs=4, data="folder:x")
+    cfg2, applied = recipes.apply_recipe(cfg, {"epochs", "data", "recipe"}, (32, 32), 50_000)
+    assert cfg2.recipe == "fast" and cfg2.epochs == 4 and "epochs" not in applied
+    assert (cfg2.model, cfg2.optimizer, cfg2.schedule, cfg2.batch_size) == ("airbench", "sgd", "linear", 1024)
+    assert cfg2.label_smoothing == 0.2 and cfg2.flip == "alternating" and cfg2.random_crop == 2
+    assert cfg2.warmup_epochs == pytest.approx(0.92)
+    assert cfg2.model_kwargs == {"width": recipes.FAST["width"]}
+    # Given keys win, model_kwargs merge over the recipe's.
+    cfg = TrainConfig(recipe="fast", batch_size=128, learning_rate=0.3, model_kwargs={"tta": 1},
+                      data="folder:x")
+    cfg3, _ = recipes.apply_recipe(cfg, {"batch_size", "learning_rate", "model_kwargs"}, (32, 32), 50_000)
+    assert cfg3.batch_size == 128 and cfg3.learning_rate == 0.3
+    assert cfg3.model_kwargs == {"width": recipes.FAST["width"], "tta": 1}
+
+
+def test_auto_is_fast_for_small_images_only_and_leaves_digits_alone():
+    cfg = TrainConfig()  # recipe auto, digits
+    same, applied = recipes.apply_recipe(cfg, set(), (8, 8), 1400)
+    assert applied == {} and same.recipe == "plain" and same.model == "simple_cnn"
+    fast, _ = recipes.apply_recipe(TrainConfig(data="builtin:mnist"), {"data"}, (28, 28), 54_000)
+    assert fast.recipe == "fast" and fast.flip == "none"  # no mirrored digits
+    assert fast.model_kwargs["tta_flip"] is False
+    chosen, _ = recipes.apply_recipe(TrainConfig(model="resnet20"), {"model"}, (32, 32), 50_000)
+    assert chosen.recipe == "plain"  # a model given by name keeps its usual training
+
+
+def test_explicit_keys_reads_overrides_dicts_and_aliases():
+    assert recipes.explicit_keys({"epochs": 3, "lr": 0.1}, {"batch_size": 8, "seed": None}) == {
+        "epochs", "learning_rate", "batch_size"}
+    assert recipes.explicit_keys(TrainConfig(epochs=3), None) == {"epochs"}
+
+
+def test_unknown_recipe_is_a_config_error():
+    with pytest.raises(ConfigError, match="recipe"):
+        TrainConfig().replace(recipe="fastest")
+
+
+def test_alternating_flip_flips_each_image_every_other_epoch():
+    n = 12
+    images = np.zeros((n, 4, 4, 1), np.uint8)
+    images[:, :, 0] = 200  # bright left column: mirrored images have it on the right
+    images[:, 0, 1, 0] = np.arange(n)  # tag each image with its index
+    aug = Augmenter(AugmentOptions(flip="alternating"), (4, 4), 1, seed=3)
+    ds = make_dataset(np.zeros(n), num_classes=2, image_size=(4, 4), channels=1, images=images,
+                      batch_size=5, training=True, augmenter=aug)
+    seen = []
+    for _ in range(4):
+        flipped = {}
+        for x, _y in ds:
+            for im in x.numpy():
+                f = im[0, 3, 0] == 200
+                flipped[int(im[0, 2 if f else 1, 0])] = bool(f)
+        seen.append([flipped[i] for i in range(n)])
+    seen = np.array(seen)
+    assert 0 < seen[0].sum() < n  # a random part is flipped in the first epoch
+    assert np.all(seen[1] != seen[0]) and np.all(seen[2] == seen[0]) and np.all(seen[3] == seen[1])
+
+
+def test_random_crops_translate_each_image_by_at_most_pad():
+    tf.random.set_seed(0)
+    x = np.zeros((64, 9, 9, 1), np.float32)
+    x[:, 4, 4] = 1.0
+    out = random_crops(tf.constant(x), 2).numpy()
+    pos = np.array([np.unravel_index(np.argmax(o[..., 0]), (9, 9)) for o in out])
+    assert np.all(np.abs(pos - 4) <= 2)
+    assert len({tuple(p) for p in pos}) > 5  # offsets differ per image, not per batch
+
+
+def test_lookahead_averages_towards_a_slow_copy():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    cb = recipes.Lookahead(total_steps=10, every=5)
+    cb.set_model(model)
+    cb.on_train_begin()
+    w0 = model.get_weights()[0].copy()
+    model.optimizer.iterations.assign(5)
+    model.set_weights([w0 + 1.0])
+    cb.on_train_batch_end(4)
+    decay = 0.95**5 * 0.5**3
+    np.testing.assert_allclose(model.get_weights()[0], decay * w0 + (1 - decay) * (w0 + 1), rtol=1e-5)
+    model.optimizer.iterations.assign(10)
+    slow = model.get_weights()[0].copy()
+    model.set_weights([w0 + 5.0])
+    cb.on_train_batch_end(9)  # last step: the slow copy becomes the model
+    np.testing.assert_allclose(model.get_weights()[0], slow, rtol=1e-5)
+
+
+def test_fast_recipe_trains_end_to_end_and_records_itself(make_folder, runs_dir):
+    import cnnlab
+    from cnnlab.export.saving import load_model
+
+    folder = make_folder("small", classes=("a", "b", "c"), per_class=16, size=20)
+    result = cnnlab.train(data=f"folder:{folder}", recipe="fast", epochs=2, val_split=0.0,
+                          test_split=0.25, model_kwargs={"width": 0.125}, output=str(runs_dir),
+                          verbose=0)
+    cfg = result.config
+    assert (cfg.recipe, cfg.model, cfg.schedule, cfg.flip, cfg.batch_size) == (
+        "fast", "airbench", "linear", "alternating", 64)
+    assert 0.0 <= result.test_accuracy <= 1.0
+    kernel = result.model.get_layer("whiten").kernel.numpy()
+    assert not np.allclose(np.abs(kernel).sum(axis=(0, 1, 2)), 1.0)  # fitted, not the identity
+    reloaded = load_model(result.run_dir / "model.keras")
+    assert reloaded.get_layer("pooler").level == 2
+    assert "recipe: fast" in (result.run_dir / "config.yaml").read_text()
+
+
+def test_training_pipeline_mixes_classes_of_sorted_data_larger_than_the_shuffle_buffer():
+    n = 25_000  # above the 20,000-image shuffle buffer, sorted by class like a folder
+    labels = np.repeat(np.arange(10), n // 10)
+    images = np.zeros((n, 2, 2, 1), np.uint8)
+    ds = make_dataset(labels, num_classes=10, image_size=(2, 2), channels=1, images=images,
+                      batch_size=256, training=True)
+    _, y = next(iter(ds))
+    assert len(set(np.argmax(y.numpy(), 1))) == 10
