@@ -95,3 +95,12 @@ def test_overlay_is_rgb_uint8():
     img = np.full((4, 4, 1), 100.0)
     out = overlay(img, np.linspace(0, 1, 16).reshape(4, 4))
     assert out.shape == (4, 4, 3) and out.dtype == np.uint8
+
+
+def test_gradcam_on_a_pretrained_backbone_classifier():
+    """A keras.applications backbone is one nested layer; its feature map is still reachable."""
+    model = create_model("mobilenet", 3, 32, 3, weights=None)
+    assert find_last_conv_layer(model).startswith("mobilenet")
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    maps = gradcam(model, images)
+    assert maps.shape == (2, 32, 32) and np.isfinite(maps).all() and maps.max() <= 1.0

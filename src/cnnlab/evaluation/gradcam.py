@@ -78,6 +78,19 @@ def find_last_conv_layer(model) -> str:
     return layers[chosen].name
 
 
+def _output_in(model, layer):
+    """The layer's output tensor in ``model``'s graph.
+
+    For a nested model (a pretrained backbone used as one layer) ``layer.output``
+    is the tensor of its own inner graph, which ``model.inputs`` do not reach;
+    the tensor of the call inside ``model`` is on its last inbound node.
+    """
+    nodes = getattr(layer, "_inbound_nodes", None)
+    if hasattr(layer, "layers") and nodes:
+        return nodes[-1].output_tensors[0]
+    return layer.output
+
+
 def gradcam(
     model,
     images: np.ndarray,
@@ -102,7 +115,7 @@ def gradcam(
 
     images = np.asarray(images, np.float32)
     layer = layer or find_last_conv_layer(model)
-    fmap_out = model.get_layer(layer).output
+    fmap_out = _output_in(model, model.get_layer(layer))
     head = None
     try:
         head = model.get_layer("predictions")
