@@ -35,6 +35,9 @@ def cli() -> None:
       cnnlab train --data folder:photos --model resnet20 --epochs 30
       cnnlab evaluate runs/<run>                    # its held-out test split
       cnnlab predict runs/<run> photos/new/         # top-3 labels per image
+      cnnlab finetune --data folder:photos --model mobilenet --weights imagenet
+      cnnlab data inspect folder:photos             # duplicates, leakage, bad files
+      cnnlab report runs/<run>                      # HTML report, written by train too
       cnnlab models list                            # every architecture
     """
 
