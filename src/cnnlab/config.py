@@ -224,7 +224,12 @@ def _coerce(cfg_dict: dict[str, Any]) -> TrainConfig:
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML config file into a dict, with errors that name the file."""
+    """Read a YAML config file into a dict of known keys, with errors that name the file."""
+    return _normalise_keys(read_yaml_mapping(path), str(path))
+
+
+def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; its keys are returned as written."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(
@@ -243,7 +248,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
             f"Config file {p} holds a {type(raw).__name__}",
             expected="a mapping of option names to values, e.g. `epochs: 10`",
         )
-    return _normalise_keys(raw, str(p))
+    return raw
 
 
 def resolve_config(

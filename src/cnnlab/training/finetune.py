@@ -46,7 +46,7 @@ import keras
 import numpy as np
 
 from cnnlab._io import environment, write_json, write_text
-from cnnlab.config import TrainConfig, dump_yaml, resolve_config
+from cnnlab.config import TrainConfig, dump_yaml, read_yaml_mapping, resolve_config
 from cnnlab.errors import ConfigError, ModelError, close_matches
 from cnnlab.training.callbacks import RunCheckpoint
 from cnnlab.training.trainer import TrainResult, _setup_logging, read_history
@@ -100,32 +100,13 @@ class FineTuneResult(TrainResult):
 
 
 def _read_config(config: TrainConfig | dict | str | Path | None) -> dict[str, Any]:
-    import yaml
-
     if config is None:
         return {}
     if isinstance(config, TrainConfig):
         return config.to_dict()
     if isinstance(config, dict):
         return dict(config)
-    path = Path(config)
-    if not path.is_file():
-        raise ConfigError(
-            f"Config file {path} does not exist", fix="Check the path given with -c/--config"
-        )
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(
-            f"Config file {path} is not valid YAML: {e}",
-            fix="Fix the YAML syntax (keys are flag names, e.g. `epochs: 10`)",
-        ) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(
-            f"Config file {path} holds a {type(raw).__name__}",
-            expected="a mapping of option names to values, e.g. `epochs: 10`",
-        )
-    return raw
+    return read_yaml_mapping(config)  # fine-tune keys are checked by the caller
 
 
 def _coerce_options(values: dict[str, Any]) -> FineTuneOptions:
