@@ -45,8 +45,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from cnnlab._io import environment, write_json, write_text
-from cnnlab.config import TrainConfig, dump_yaml, read_yaml_mapping, resolve_config
+from cnnlab._io import write_json
+from cnnlab.config import TrainConfig, read_yaml_mapping, resolve_config
 from cnnlab.errors import ConfigError, ModelError, close_matches
 from cnnlab.training.callbacks import RunCheckpoint
 from cnnlab.training.trainer import TrainResult, _setup_logging, read_history
@@ -445,7 +445,6 @@ def fine_tune(
     """
     import tensorflow as tf
 
-    from cnnlab.data import load_data
     from cnnlab.evaluation.evaluate import save_evaluation, score
     from cnnlab.export.saving import load_model, save_model
     from cnnlab.models import create_model, get_spec, list_models
@@ -454,7 +453,7 @@ def fine_tune(
     from cnnlab.training.callbacks import EpochStats
     from cnnlab.training.optimizers import DEFAULT_LEARNING_RATES
     from cnnlab.training.run_folder import RunFolder
-    from cnnlab.training.trainer import get_strategy
+    from cnnlab.training.trainer import data_from_config, get_strategy
 
     started = time.time()
     cfg, opts = resolve_finetune_config(config, overrides)
@@ -487,38 +486,14 @@ def fine_tune(
             spec.name,
         )
 
-    bundle = load_data(
-        cfg.data,
-        image_size=cfg.image_size or spec.default_image_size,
-        channels=cfg.channels,
-        batch_size=cfg.batch_size,
-        val_split=cfg.val_split,
-        test_split=cfg.test_split,
-        seed=cfg.seed,
-        augment=cfg.augment,
-        augment_options={
-            k: getattr(cfg, k)
-            for k in ("flip", "rotation", "zoom", "translation", "contrast", "random_crop")
-        },
-        resize=cfg.resize,
-        cache=cfg.cache,
-        class_weight=cfg.class_weight,
-        skip_bad_images=cfg.skip_bad_images,
-        data_dir=cfg.data_dir,
-    )
+    bundle = data_from_config(cfg, image_size=cfg.image_size or spec.default_image_size)
     cfg.image_size = list(bundle.image_size)
     cfg.channels = bundle.channels
     n_train = len(bundle.examples("train")["labels"])
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
 
     run = RunFolder.create(cfg.output, spec.name, bundle.image_size, cfg.name, cfg.overwrite)
-    write_text(run.config, dump_yaml({**cfg.to_dict(), **dataclasses.asdict(opts)}))
-    write_json(run.env, environment(cfg.seed))
-    write_json(run.classes, bundle.class_names)
-    write_json(run.data, {**bundle.summary(), "augment": vars(bundle.augment)})
-    bundle.split.save(run.split, bundle.source)
-    if bundle.bad_files:
-        run.write_bad_files(bundle.bad_files)
+    run.write_setup({**cfg.to_dict(), **dataclasses.asdict(opts)}, bundle, cfg.seed)
     log.info("Run folder: %s", run.path)
     log.info(
         "Data: %s, %d classes, image size %s x %d channels, split %s",

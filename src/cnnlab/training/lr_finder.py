@@ -166,7 +166,6 @@ def lr_find(
     """
     import keras
 
-    from cnnlab.data import load_data
     from cnnlab.models import create_model, get_spec
     from cnnlab.training.finetune import (
         _extract_features,
@@ -176,7 +175,7 @@ def lr_find(
         head_model,
         resolve_finetune_config,
     )
-    from cnnlab.training.trainer import _setup_logging
+    from cnnlab.training.trainer import _setup_logging, data_from_config
 
     if not (0 < start_lr < end_lr):
         raise ConfigError(
@@ -210,19 +209,8 @@ def lr_find(
             fix="Use --stage full",
         )
 
-    bundle = load_data(
-        cfg.data,
-        image_size=cfg.image_size or (spec.default_image_size if spec.pretrained else None),
-        channels=cfg.channels,
-        batch_size=cfg.batch_size,
-        val_split=cfg.val_split,
-        test_split=cfg.test_split,
-        seed=cfg.seed,
-        augment=cfg.augment,
-        resize=cfg.resize,
-        cache=cfg.cache,
-        skip_bad_images=cfg.skip_bad_images,
-        data_dir=cfg.data_dir,
+    bundle = data_from_config(
+        cfg, image_size=cfg.image_size or (spec.default_image_size if spec.pretrained else None)
     )
     options = dict(cfg.model_kwargs)
     accepted = spec.options()

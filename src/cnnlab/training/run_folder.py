@@ -82,6 +82,20 @@ class RunFolder:
             )
         return run
 
+    def write_setup(self, config: dict, bundle, seed: int) -> None:
+        """Write what defines the run before it trains: config, environment, classes,
+        data summary, split and skipped files."""
+        from cnnlab._io import environment, write_json
+        from cnnlab.config import dump_yaml
+
+        write_text(self.config, dump_yaml(config))
+        write_json(self.env, environment(seed))
+        write_json(self.classes, bundle.class_names)
+        write_json(self.data, {**bundle.summary(), "augment": vars(bundle.augment)})
+        bundle.split.save(self.split, bundle.source)
+        if bundle.bad_files:
+            self.write_bad_files(bundle.bad_files)
+
     def truncate_history(self, epochs_done: int) -> None:
         """Drop history rows of epochs that did not finish (killed between callbacks)."""
         if not self.history.is_file():

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from cnnlab._io import environment, read_json, write_json, write_text
-from cnnlab.config import TrainConfig, dump_yaml, resolve_config
+from cnnlab._io import read_json, write_json
+from cnnlab.config import TrainConfig, resolve_config
 from cnnlab.errors import ConfigError, RunError
 from cnnlab.training.run_folder import RunFolder
 
@@ -79,6 +79,27 @@ def input_statistics(bundle, max_examples: int = 2048) -> tuple[list[float], lis
         sample = np.concatenate([x.numpy() for x, _ in ds])
     sample = sample.astype(np.float64)
     return sample.mean(axis=(0, 1, 2)).tolist(), sample.std(axis=(0, 1, 2)).tolist()
+
+
+AUGMENT_KEYS = ("flip", "rotation", "zoom", "translation", "contrast", "random_crop")
+
+
+def augment_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The explicit augmentation options of a config (None where not given)."""
+    return {k: getattr(cfg, k) for k in AUGMENT_KEYS}
+
+
+def data_from_config(cfg: TrainConfig, *, image_size=None, split=None):
+    """``load_data`` with every data key of a training config (train, fine_tune, lr_find)."""
+    from cnnlab.data import load_data
+
+    return load_data(
+        cfg.data, image_size=image_size or cfg.image_size, channels=cfg.channels,
+        batch_size=cfg.batch_size, val_split=cfg.val_split, test_split=cfg.test_split,
+        seed=cfg.seed, augment=cfg.augment, augment_options=augment_options(cfg),
+        resize=cfg.resize, cache=cfg.cache, class_weight=cfg.class_weight,
+        skip_bad_images=cfg.skip_bad_images, data_dir=cfg.data_dir, split=split,
+    )  # fmt: skip
 
 
 def compile_model(model, cfg: TrainConfig, steps_per_epoch: int, num_classes: int) -> None:
@@ -152,7 +173,6 @@ def train(
     import keras
     import tensorflow as tf
 
-    from cnnlab.data import load_data
     from cnnlab.data.splits import Split
     from cnnlab.evaluation.evaluate import save_evaluation, score
     from cnnlab.export.saving import load_model, save_model
@@ -198,14 +218,7 @@ def train(
     image_size = cfg.image_size
     if image_size is None and spec.pretrained:
         image_size = spec.default_image_size
-    bundle = load_data(
-        cfg.data, image_size=image_size, channels=cfg.channels, batch_size=cfg.batch_size,
-        val_split=cfg.val_split, test_split=cfg.test_split, seed=cfg.seed, augment=cfg.augment,
-        augment_options={k: getattr(cfg, k) for k in
-                         ("flip", "rotation", "zoom", "translation", "contrast", "random_crop")},
-        resize=cfg.resize, cache=cfg.cache, class_weight=cfg.class_weight,
-        skip_bad_images=cfg.skip_bad_images, data_dir=cfg.data_dir, split=saved_split,
-    )  # fmt: skip
+    bundle = data_from_config(cfg, image_size=image_size, split=saved_split)
     if resume is None:
         # The recipe fills in the keys the user did not give (auto: fast for
         # 20-40 px images). Pipelines are built lazily, so batch size and
@@ -218,9 +231,7 @@ def train(
             log.info("Recipe %s: %s", cfg.recipe, ", ".join(f"{k}={v}" for k, v in applied.items()))
             spec = get_spec(cfg.model)
             bundle.batch_size = cfg.batch_size
-            bundle.augment = resolve_options(cfg.augment, cfg.data, **{
-                k: getattr(cfg, k) for k in
-                ("flip", "rotation", "zoom", "translation", "contrast", "random_crop")})  # fmt: skip
+            bundle.augment = resolve_options(cfg.augment, cfg.data, **augment_options(cfg))
     # The resolved config records what was actually used, so the run repeats exactly.
     cfg.image_size = list(bundle.image_size)
     cfg.channels = bundle.channels
@@ -258,13 +269,7 @@ def train(
         # Created only now that data and model are known to work: a bad option or
         # missing weights file leaves no empty run folder behind.
         run = RunFolder.create(cfg.output, spec.name, bundle.image_size, cfg.name, cfg.overwrite)
-        write_text(run.config, dump_yaml(cfg.to_dict()))
-        write_json(run.env, environment(cfg.seed))
-        write_json(run.classes, bundle.class_names)
-        write_json(run.data, {**bundle.summary(), "augment": vars(bundle.augment)})
-        bundle.split.save(run.split, bundle.source)
-        if bundle.bad_files:
-            run.write_bad_files(bundle.bad_files)
+        run.write_setup(cfg.to_dict(), bundle, cfg.seed)
         _check_data(bundle, run)
     log.info("Run folder: %s", run.path)
     log.info("Model: %s, %s parameters, strategy %s (%d replica(s))", spec.name,
