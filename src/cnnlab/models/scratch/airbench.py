@@ -196,7 +196,9 @@ class TTAViews(layers.Layer):
         out = [x]
         if self.level == 0:
             return out
-        mirror = lambda t: ops.flip(t, axis=2)
+        def mirror(t):
+            return ops.flip(t, axis=2)
+
         if self.flip:
             out.append(mirror(x))
         if self.level >= 2:
