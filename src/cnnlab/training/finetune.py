@@ -737,15 +737,9 @@ def fine_tune(
 
 
 def _compile(model, cfg: TrainConfig, steps_per_epoch: int, num_classes: int) -> None:
-    """``trainer.compile_model``, or the airbench recipe's for its ``linear`` schedule."""
-    if cfg.schedule == "linear":
-        from cnnlab.training import recipes
+    from cnnlab.training.trainer import compile_model
 
-        recipes.compile_model(model, cfg, steps_per_epoch, num_classes)
-    else:
-        from cnnlab.training.trainer import compile_model
-
-        compile_model(model, cfg, steps_per_epoch, num_classes)
+    compile_model(model, cfg, steps_per_epoch, num_classes)
 
 
 def _metrics(cfg: TrainConfig, num_classes: int) -> list:

@@ -76,12 +76,13 @@ def make_schedule(cfg, steps_per_epoch: int) -> WarmupSchedule:
     return WarmupSchedule(lr, total, warmup, cfg.schedule, boundaries, cfg.step_gamma)
 
 
-def make_optimizer(cfg, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """Adam, AdamW, RMSprop or SGD (momentum, Nesterov) with the configured schedule.
+def make_optimizer(cfg, steps_per_epoch: int, schedule=None) -> keras.optimizers.Optimizer:
+    """Adam, AdamW, RMSprop or SGD (momentum, Nesterov) with the configured schedule
+    (or ``schedule``, a Keras LearningRateSchedule, when given).
 
     ``weight_decay`` is Keras' decoupled decay (``w -= lr * wd * w``) for every optimizer.
     """
-    schedule = make_schedule(cfg, steps_per_epoch)
+    schedule = schedule or make_schedule(cfg, steps_per_epoch)
     wd = cfg.weight_decay or None
     name = cfg.optimizer
     if name == "adam":

@@ -186,32 +186,13 @@ class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """The configured optimizer with the ``linear`` (airbench) schedule."""
-    from cnnlab.training.optimizers import DEFAULT_LEARNING_RATES
+    from cnnlab.training import optimizers
 
-    lr = cfg.learning_rate or DEFAULT_LEARNING_RATES[cfg.optimizer]
+    lr = cfg.learning_rate or optimizers.DEFAULT_LEARNING_RATES[cfg.optimizer]
     total = steps_per_epoch * cfg.epochs
     schedule = LinearWarmupDecay(lr, total, round(cfg.warmup_epochs * steps_per_epoch),
                                  0.2, FAST["final_fraction"])  # fmt: skip
-    wd = cfg.weight_decay or None
-    if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                    weight_decay=wd)  # fmt: skip
-    if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay or 0.01)
-    if cfg.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(schedule, weight_decay=wd)
-    return keras.optimizers.Adam(schedule, weight_decay=wd)
-
-
-def compile_model(model, cfg: TrainConfig, steps_per_epoch: int, num_classes: int) -> None:
-    """Compile as ``trainer.compile_model`` does, with the ``linear`` schedule's optimizer."""
-    k = min(cfg.top_k, num_classes)
-    model.compile(
-        optimizer=make_optimizer(cfg, steps_per_epoch),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
-                 keras.metrics.TopKCategoricalAccuracy(k=k, name=f"top{k}")],  # fmt: skip
-    )
+    return optimizers.make_optimizer(cfg, steps_per_epoch, schedule)
 
 
 # ---------------------------------------------------------------------- weight averaging

@@ -103,13 +103,17 @@ def data_from_config(cfg: TrainConfig, *, image_size=None, split=None):
 
 
 def compile_model(model, cfg: TrainConfig, steps_per_epoch: int, num_classes: int) -> None:
+    """Optimizer (the fast recipe's for its ``linear`` schedule), smoothed cross-entropy,
+    accuracy and top-k."""
     import keras
 
+    from cnnlab.training import recipes
     from cnnlab.training.optimizers import make_optimizer
 
+    make = recipes.make_optimizer if cfg.schedule == "linear" else make_optimizer
     k = min(cfg.top_k, num_classes)
     model.compile(
-        optimizer=make_optimizer(cfg, steps_per_epoch),
+        optimizer=make(cfg, steps_per_epoch),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
                  keras.metrics.TopKCategoricalAccuracy(k=k, name=f"top{k}")],  # fmt: skip
@@ -261,10 +265,7 @@ def train(
             model = create_model(cfg.model, bundle.num_classes, bundle.image_size,
                                  bundle.channels, **options)  # fmt: skip
             recipes.prepare_model(model, bundle)  # e.g. fit airbench's whitening layer
-            if cfg.schedule == "linear":
-                recipes.compile_model(model, cfg, steps_per_epoch, bundle.num_classes)
-            else:
-                compile_model(model, cfg, steps_per_epoch, bundle.num_classes)
+            compile_model(model, cfg, steps_per_epoch, bundle.num_classes)
     if run is None:
         # Created only now that data and model are known to work: a bad option or
         # missing weights file leaves no empty run folder behind.
