@@ -684,11 +684,14 @@ def build_report(
         x = model_inputs(bundle, split, pick)
         maps_pred = gradcam(model, x, pred[pick], layer=layer)
         maps_true = gradcam(model, x, y[pick], layer=layer) if len(pick_w) else maps_pred
+
+        def blank(m) -> str:
+            # An all-zero map: no region raises that class's score (ReLU of the weighted sum).
+            return " (no evidence)" if m.max() <= 0 else ""
+
         cards = []
         for i, r in enumerate(pick):
             ok = bool(pred[r] == y[r])
-            # An all-zero map: no region raises that class's score (ReLU of the weighted sum).
-            blank = lambda m: " (no evidence)" if m.max() <= 0 else ""
             imgs = [H.array_png(x[i]), H.array_png(overlay(x[i], maps_pred[i]))]
             labels = ["input", f"→ {class_names[pred[r]]}{blank(maps_pred[i])}"]
             if not ok:
@@ -755,7 +758,9 @@ def _card(images: list[bytes | None], caption: list[str]) -> str:
 
 
 def _summary_html(s: dict, split: str, n: int, k: int) -> str:
-    hms = lambda sec: str(_dt.timedelta(seconds=round(sec))) if sec is not None else "–"
+    def hms(sec) -> str:
+        return str(_dt.timedelta(seconds=round(sec))) if sec is not None else "–"
+
     tiles = H.tiles(
         [
             (f"accuracy on {split}", f"{100 * s['accuracy']:.2f} %"),

@@ -26,9 +26,10 @@ def load_model(path: str | os.PathLike):
     import keras
 
     # Importing these registers cnnlab's serialisable layers and schedules with Keras.
+    # (training.finetune: layer-wise optimizers; training.recipes: the fast schedule.)
     import cnnlab.models
+    import cnnlab.training.finetune
     import cnnlab.training.optimizers
-    import cnnlab.training.finetune  # layer-wise optimizers of fine-tuned models
     import cnnlab.training.recipes  # noqa: F401
 
     cnnlab.models.registry._ensure_loaded()
