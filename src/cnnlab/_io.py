@@ -32,6 +32,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], suffix:
     return path
 
 
+def unique_dir(base: str | os.PathLike) -> Path:
+    """``base`` if free, else ``base-2``, ``base-3``...: earlier results are never overwritten."""
+    base = Path(base)
+    if not base.exists():
+        return base
+    i = 2
+    while Path(f"{base}-{i}").exists():
+        i += 1
+    return Path(f"{base}-{i}")
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
 

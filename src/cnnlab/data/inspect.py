@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnlab._io import unique_dir
 from cnnlab.data.scan import _EXT_FORMAT, SUPPORTED_FORMATS
 from cnnlab.data.sources import Source, open_source
 
@@ -733,13 +734,7 @@ def default_output_dir(spec: str, base: str | os.PathLike = ".") -> Path:
         kind, value = "data", spec
     name = Path(value.rstrip("/")).stem if kind != "builtin" else value
     name = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name) or "data"
-    out = Path(base) / f"inspect-{name}"
-    if not out.exists():
-        return out
-    i = 2
-    while Path(f"{out}-{i}").exists():
-        i += 1
-    return Path(f"{out}-{i}")
+    return unique_dir(Path(base) / f"inspect-{name}")
 
 
 # --------------------------------------------------------------------------- HTML and CSV

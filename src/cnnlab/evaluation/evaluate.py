@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab._io import write_json, write_text
+from cnnlab._io import unique_dir, write_json, write_text
 from cnnlab.errors import DataError
 from cnnlab.evaluation.metrics import collect_predictions, compute_metrics, format_report
 from cnnlab.evaluation.plots import plot_confusion_matrix
@@ -58,16 +58,6 @@ def save_evaluation(result: EvaluationResult, out_dir: str | os.PathLike) -> Pat
     write_text(out / "predictions.csv", buf.getvalue())
     result.output_dir = out
     return out
-
-
-def unique_dir(base: Path) -> Path:
-    """``base`` if free, else ``base-2``, ``base-3``...: earlier results are never overwritten."""
-    if not base.exists():
-        return base
-    i = 2
-    while Path(f"{base}-{i}").exists():
-        i += 1
-    return Path(f"{base}-{i}")
 
 
 def score(model, bundle, split: str, class_names: list[str], top_k: int = 5,

@@ -445,7 +445,6 @@ def fine_tune(
     """
     import tensorflow as tf
 
-    from cnnlab.evaluation.evaluate import save_evaluation, score
     from cnnlab.export.saving import load_model, save_model
     from cnnlab.models import create_model, get_spec, list_models
     from cnnlab.models.pretrained.applications import backbone_blocks, get_backbone
@@ -453,7 +452,7 @@ def fine_tune(
     from cnnlab.training.callbacks import EpochStats
     from cnnlab.training.optimizers import DEFAULT_LEARNING_RATES
     from cnnlab.training.run_folder import RunFolder
-    from cnnlab.training.trainer import data_from_config, get_strategy
+    from cnnlab.training.trainer import data_from_config, evaluate_test_split, get_strategy
 
     started = time.time()
     cfg, opts = resolve_finetune_config(config, overrides)
@@ -700,28 +699,7 @@ def fine_tune(
         "train_seconds_this_session": round(sum(s.get("seconds", 0) for s in stages.values()), 2),
         "parameters": int(final.count_params()),
     }
-    evaluation = None
-    if bundle.test is not None:
-        evaluation = score(final, bundle, "test", bundle.class_names, cfg.top_k)
-        save_evaluation(evaluation, run.path / "evaluation-test")
-        m = evaluation.metrics
-        k = m["top_k"]
-        metrics["test"] = {
-            "loss": m["loss"],
-            "accuracy": m["accuracy"],
-            f"top{k}": m[f"top{k}"],
-            "macro_f1": m["macro avg"]["f1-score"],
-            "weighted_f1": m["weighted avg"]["f1-score"],
-            "num_examples": m["num_examples"],
-        }
-        log.info(
-            "Test: accuracy %.4f, top%d %.4f, macro F1 %.4f on %d images",
-            m["accuracy"],
-            k,
-            m[f"top{k}"],
-            m["macro avg"]["f1-score"],
-            m["num_examples"],
-        )
+    evaluation = evaluate_test_split(final, bundle, run, cfg.top_k, metrics)
     metrics["total_seconds_this_session"] = round(time.time() - started, 2)
     write_json(run.metrics, metrics)
     try:

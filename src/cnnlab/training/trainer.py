@@ -178,7 +178,6 @@ def train(
     import tensorflow as tf
 
     from cnnlab.data.splits import Split
-    from cnnlab.evaluation.evaluate import save_evaluation, score
     from cnnlab.export.saving import load_model, save_model
     from cnnlab.models import create_model, get_spec
     from cnnlab.training import recipes
@@ -327,18 +326,7 @@ def train(
         "strategy": type(strategy).__name__,
         "replicas": int(strategy.num_replicas_in_sync),
     }
-    evaluation = None
-    if bundle.test is not None:
-        evaluation = score(final, bundle, "test", bundle.class_names, cfg.top_k)
-        save_evaluation(evaluation, run.path / "evaluation-test")
-        m = evaluation.metrics
-        k = m["top_k"]
-        metrics["test"] = {"loss": m["loss"], "accuracy": m["accuracy"], f"top{k}": m[f"top{k}"],
-                           "macro_f1": m["macro avg"]["f1-score"],
-                           "weighted_f1": m["weighted avg"]["f1-score"],
-                           "num_examples": m["num_examples"]}  # fmt: skip
-        log.info("Test: accuracy %.4f, top%d %.4f, macro F1 %.4f on %d images",
-                 m["accuracy"], k, m[f"top{k}"], m["macro avg"]["f1-score"], m["num_examples"])  # fmt: skip
+    evaluation = evaluate_test_split(final, bundle, run, cfg.top_k, metrics)
     metrics["total_seconds_this_session"] = round(time.time() - started, 2)
     write_json(run.metrics, metrics)
     from cnnlab.evaluation.report import try_write_report  # a failed report only warns
@@ -347,6 +335,26 @@ def train(
     log.info("Done in %.1f s. Run folder: %s", time.time() - started, run.path)
     return TrainResult(run.path, final, read_history(run.history), metrics, cfg, evaluation,
                        report)  # fmt: skip
+
+
+def evaluate_test_split(model, bundle, run: RunFolder, top_k: int, metrics: dict):
+    """Score the held-out test split into ``<run>/evaluation-test`` and add its headline
+    numbers to ``metrics["test"]``; returns the EvaluationResult (None without a test split)."""
+    from cnnlab.evaluation.evaluate import save_evaluation, score
+
+    if bundle.test is None:
+        return None
+    evaluation = score(model, bundle, "test", bundle.class_names, top_k)
+    save_evaluation(evaluation, run.path / "evaluation-test")
+    m = evaluation.metrics
+    k = m["top_k"]
+    metrics["test"] = {"loss": m["loss"], "accuracy": m["accuracy"], f"top{k}": m[f"top{k}"],
+                       "macro_f1": m["macro avg"]["f1-score"],
+                       "weighted_f1": m["weighted avg"]["f1-score"],
+                       "num_examples": m["num_examples"]}  # fmt: skip
+    log.info("Test: accuracy %.4f, top%d %.4f, macro F1 %.4f on %d images",
+             m["accuracy"], k, m[f"top{k}"], m["macro avg"]["f1-score"], m["num_examples"])  # fmt: skip
+    return evaluation
 
 
 def _check_data(bundle, run: RunFolder) -> None:
