@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from tests.conftest import make_image_folder
 
 TINY = {
     "epochs": 3,
@@ -21,19 +20,8 @@ TINY = {
 def learnable_folder(
     root: Path, classes=("circle", "square", "star"), per_class: int = 20, size: int = 16
 ) -> Path:
-    """Class i: bright in channel i % 3 with a bright square in corner i % 4, plus noise
-    (the same recipe as tests/conftest.py's image_folder, for session-wide runs)."""
-    rng = np.random.default_rng(0)
-    for ci, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for j in range(per_class):
-            img = rng.integers(0, 60, size=(size, size, 3)).astype(np.uint8)
-            img[..., ci % 3] += 120
-            q = size // 2
-            r0, c0 = [(0, 0), (0, q), (q, 0), (q, q)][ci % 4]
-            img[r0 : r0 + q, c0 : c0 + q] = 230
-            Image.fromarray(img).save(root / name / f"{name}_{j:03d}.png")
-    return root
+    """The same learnable images as tests/conftest.py's image_folder, for session-wide runs."""
+    return make_image_folder(root, classes=classes, per_class=per_class, size=size)
 
 
 @pytest.fixture(scope="session")

@@ -137,16 +137,14 @@ def _load_bundle(run_dir: Path, loaded, batch_size: int):
     )
 
 
-def model_inputs(bundle, split: str, rows: np.ndarray) -> np.ndarray:
-    """The images of ``rows`` (positions within ``split``) exactly as the model takes them."""
+def subset_dataset(bundle, split: str, rows: np.ndarray):
+    """A pipeline (no augmentation, no cache) over ``rows`` (positions within ``split``)."""
     from cnnlab.data.pipeline import make_dataset
 
     ex = bundle.examples(split)
     rows = np.asarray(rows, np.int64)
-    if len(rows) == 0:
-        return np.zeros((0, *bundle.image_size, bundle.channels), np.float32)
     kw = {"images": ex["images"][rows]} if "images" in ex else {"paths": ex["paths"][rows]}
-    ds = make_dataset(
+    return make_dataset(
         ex["labels"][rows],
         num_classes=bundle.num_classes,
         image_size=bundle.image_size,
@@ -156,7 +154,14 @@ def model_inputs(bundle, split: str, rows: np.ndarray) -> np.ndarray:
         cache="none",
         **kw,
     )
-    x = np.concatenate([np.asarray(b[0]) for b in ds])
+
+
+def model_inputs(bundle, split: str, rows: np.ndarray) -> np.ndarray:
+    """The images of ``rows`` (positions within ``split``) exactly as the model takes them."""
+    rows = np.asarray(rows, np.int64)
+    if len(rows) == 0:
+        return np.zeros((0, *bundle.image_size, bundle.channels), np.float32)
+    x = np.concatenate([np.asarray(b[0]) for b in subset_dataset(bundle, split, rows)])
     if len(x) != len(rows):
         raise RunError(
             f"{len(rows) - len(x)} image(s) of the {split} split could not be read again",
@@ -588,26 +593,13 @@ def build_report(
     val_n = len(bundle.examples("val")["labels"]) if "val" != split else 0
     same_classes = list(bundle.class_names) == class_names
     if val_n and same_classes:
-        from cnnlab.data.pipeline import make_dataset
         from cnnlab.evaluation.metrics import collect_predictions
 
-        vex = bundle.examples("val")
         vrows = np.arange(val_n)
         if val_n > limits.temperature_examples:
             vrows = np.sort(rng.choice(val_n, limits.temperature_examples, replace=False))
             cal_note += f" Temperature fitted on {len(vrows)} of {val_n} validation images."
-        kw = {"images": vex["images"][vrows]} if "images" in vex else {"paths": vex["paths"][vrows]}
-        vds = make_dataset(
-            vex["labels"][vrows],
-            num_classes=bundle.num_classes,
-            image_size=bundle.image_size,
-            channels=bundle.channels,
-            batch_size=256,
-            resize=bundle.resize,
-            cache="none",
-            **kw,
-        )
-        vprobs, vy = collect_predictions(model, vds)
+        vprobs, vy = collect_predictions(model, subset_dataset(bundle, "val", vrows))
         temp = fit_temperature(vprobs, vy)
         cprobs = apply_temperature(probs, temp)
         after = reliability_bins(cprobs, y, nb)
