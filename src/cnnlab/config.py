@@ -99,8 +99,11 @@ ALIASES = {"lr": "learning_rate", "opt": "optimizer", "sched": "schedule",
            "smoothing": "label_smoothing"}  # fmt: skip
 
 
-def _normalise_keys(raw: dict[str, Any], where: str) -> dict[str, Any]:
-    known = TrainConfig.keys()
+def normalise_keys(raw: dict[str, Any], where: str, extra_keys: tuple[str, ...] = (),
+                   command: str = "train") -> dict[str, Any]:  # fmt: skip
+    """Canonical key names (dashes to underscores, timm aliases); unknown keys are refused
+    with the closest names. ``extra_keys`` are accepted too (``cnnlab finetune``'s own)."""
+    known = TrainConfig.keys() + list(extra_keys)
     out = {}
     for key, value in raw.items():
         k = str(key).replace("-", "_")
@@ -109,7 +112,7 @@ def _normalise_keys(raw: dict[str, Any], where: str) -> dict[str, Any]:
             raise ConfigError(
                 f"Unknown config key '{key}' in {where}.{close_matches(k, known)}",
                 expected=f"one of: {', '.join(known)}",
-                fix="Fix the spelling, or see `cnnlab train --help` for every option",
+                fix=f"Fix the spelling, or see `cnnlab {command} --help` for every option",
             )
         out[k] = value
     return out
@@ -225,7 +228,7 @@ def _coerce(cfg_dict: dict[str, Any]) -> TrainConfig:
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML config file into a dict of known keys, with errors that name the file."""
-    return _normalise_keys(read_yaml_mapping(path), str(path))
+    return normalise_keys(read_yaml_mapping(path), str(path))
 
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
@@ -263,12 +266,12 @@ def resolve_config(
     if isinstance(base, TrainConfig):
         values.update(base.to_dict())
     elif isinstance(base, dict):
-        values.update(_normalise_keys(base, "the config"))
+        values.update(normalise_keys(base, "the config"))
     elif base is not None:
         values.update(load_yaml(base))
     if overrides:
         given = {k: v for k, v in overrides.items() if v is not None}
-        given = _normalise_keys(given, "the arguments")
+        given = normalise_keys(given, "the arguments")
         if "model_kwargs" in given and isinstance(values.get("model_kwargs"), dict):
             given["model_kwargs"] = {**values["model_kwargs"], **given["model_kwargs"]}
         values.update(given)

@@ -256,3 +256,18 @@ def test_lr_find_sweeps_the_head_and_suggests_a_rate(flowers, tmp_path, backbone
     for name in ("lr_find.png", "lr_find.csv", "lr_find.json"):
         assert (tmp_path / "lr" / name).is_file()
     assert "Suggested learning rate" in caplog.text
+
+
+def test_finetune_config_accepts_train_aliases_and_refuses_typos(tmp_path):
+    from cnnlab.errors import ConfigError
+    from cnnlab.training.finetune import resolve_finetune_config
+
+    path = tmp_path / "ft.yaml"
+    path.write_text("lr: 0.01\nstage2-lr: 0.001\n")
+    cfg, opts = resolve_finetune_config(path)
+    assert cfg.learning_rate == 0.01 and opts.stage2_lr == 0.001
+    path.write_text("unfreez: 2\n")
+    with pytest.raises(ConfigError, match="Unknown config key 'unfreez'.*Did you mean: unfreeze"):
+        resolve_finetune_config(path)
+    with pytest.raises(ConfigError, match="see `cnnlab finetune --help`"):
+        resolve_finetune_config(path)

@@ -46,10 +46,10 @@ import keras
 import numpy as np
 
 from cnnlab._io import write_json
-from cnnlab.config import TrainConfig, read_yaml_mapping, resolve_config
-from cnnlab.errors import ConfigError, ModelError, close_matches
+from cnnlab.config import TrainConfig, normalise_keys, read_yaml_mapping, resolve_config
+from cnnlab.errors import ConfigError, ModelError
 from cnnlab.training.callbacks import RunCheckpoint
-from cnnlab.training.trainer import TrainResult, _setup_logging, read_history
+from cnnlab.training.trainer import TrainResult, _setup_logging, fit_quietly, read_history
 
 log = logging.getLogger("cnnlab")
 
@@ -179,18 +179,10 @@ def resolve_finetune_config(
         >>> cfg.model, cfg.epochs, opts.unfreeze
         ('mobilenet', 3, 'all')
     """
-    raw = {str(k).replace("-", "_"): v for k, v in _read_config(config).items()}
-    given = {str(k).replace("-", "_"): v for k, v in (overrides or {}).items() if v is not None}
     ft_keys, train_keys = FineTuneOptions.keys(), TrainConfig.keys()
-    known = train_keys + ft_keys
-    for where, values in (("the config", raw), ("the arguments", given)):
-        for key in values:
-            if key not in known:
-                raise ConfigError(
-                    f"Unknown config key '{key}' in {where}.{close_matches(key, known)}",
-                    expected=f"one of: {', '.join(known)}",
-                    fix="Fix the spelling, or see `cnnlab finetune --help` for every option",
-                )
+    raw = normalise_keys(_read_config(config), "the config", tuple(ft_keys), "finetune")
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    given = normalise_keys(given, "the arguments", tuple(ft_keys), "finetune")
     ft = {k: v for k, v in {**raw, **given}.items() if k in ft_keys}
     base = {**FINETUNE_DEFAULTS, **{k: v for k, v in raw.items() if k in train_keys}}
     cfg = resolve_config(base, {k: v for k, v in given.items() if k in train_keys})
@@ -382,20 +374,6 @@ class _SaveClassifier(RunCheckpoint):
 
     def set_model(self, model):
         super().set_model(self._classifier)
-
-
-def _fit(model, data, val, epochs: int, initial_epoch: int, callbacks: list, verbose: int):
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Your input ran out of data")
-        model.fit(
-            data,
-            validation_data=val,
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,
-        )
 
 
 def _accuracy(model, data) -> float | None:
@@ -592,7 +570,7 @@ def fine_tune(
             checkpoint = RunCheckpoint(run.checkpoints, monitor, None)
         with strategy.scope():
             _compile(fit_model, cfg1, steps_per_epoch, bundle.num_classes)
-        _fit(
+        fit_quietly(
             fit_model, train1, val1, opts.freeze_epochs, 0, stage_callbacks(1, checkpoint), verbose
         )
         checkpoint_state = checkpoint.state
@@ -655,7 +633,7 @@ def fine_tune(
         )
         checkpoint = RunCheckpoint(run.checkpoints, monitor, checkpoint_state)
         before = checkpoint.state.get("best_value")
-        _fit(
+        fit_quietly(
             model,
             bundle.train,
             bundle.val,

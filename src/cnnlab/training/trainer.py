@@ -102,6 +102,17 @@ def data_from_config(cfg: TrainConfig, *, image_size=None, split=None):
     )  # fmt: skip
 
 
+def fit_quietly(model, data, val, epochs: int, initial_epoch: int, callbacks: list,
+                verbose) -> None:  # fmt: skip
+    """``model.fit`` on cnnlab pipelines (already shuffled, so ``shuffle=False``)."""
+    with warnings.catch_warnings():
+        # The file pipeline has unknown length (it may drop a file that broke after
+        # the scan); Keras warns about that at every epoch's end.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        model.fit(data, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
+                  callbacks=callbacks, verbose=verbose, shuffle=False)  # fmt: skip
+
+
 def compile_model(model, cfg: TrainConfig, steps_per_epoch: int, num_classes: int) -> None:
     """Optimizer (the fast recipe's for its ``linear`` schedule), smoothed cross-entropy,
     accuracy and top-k."""
@@ -296,13 +307,7 @@ def train(
         verbose = 2  # one line per epoch in logs instead of a redrawn bar
     t0 = time.time()
     try:
-        with warnings.catch_warnings():
-            # The file pipeline has unknown length (it may drop a file that broke
-            # after the scan); Keras warns about that at every epoch's end.
-            warnings.filterwarnings("ignore", message="Your input ran out of data")
-            model.fit(bundle.train, validation_data=bundle.val, epochs=cfg.epochs,
-                      initial_epoch=epochs_done, callbacks=cbs, verbose=verbose,
-                      shuffle=False)  # the pipeline shuffles  # fmt: skip
+        fit_quietly(model, bundle.train, bundle.val, cfg.epochs, epochs_done, cbs, verbose)
     except KeyboardInterrupt:
         log.warning("Interrupted. Finished epochs are saved; continue with: "
                     "cnnlab train --resume %s", run.path)  # fmt: skip
