@@ -27,6 +27,29 @@ def test_schedule_warms_up_then_decays_linearly():
     assert float(again(50)) == pytest.approx(float(s(50)))
 
 
+def test_fast_weight_decay_shrinks_weights_as_fast_as_airbench94():
+    """airbench94 gives PyTorch SGD ``weight_decay = wd / lr`` (L2 through Nesterov momentum);
+    the recipe's decoupled Keras decay must shrink weights at the same rate per step."""
+    momentum, batch = 0.85, 1024
+    kilostep = 1024 * (1 + 1 / (1 - momentum))
+    lr_pt, wd = 11.5 / kilostep, 0.0153 * batch / kilostep
+    w_pt, buf = 1.0, 0.0
+    for _ in range(200):  # PyTorch SGD, zero loss gradient: only the L2 term
+        g = (wd / lr_pt) * w_pt
+        buf = momentum * buf + g
+        w_pt -= lr_pt * (g + momentum * buf)
+    cfg, _ = recipes.apply_recipe(TrainConfig(recipe="fast"), set(), (32, 32), 50_000)
+    assert cfg.batch_size == batch
+    opt = keras.optimizers.SGD(cfg.learning_rate, momentum=cfg.momentum, nesterov=True,
+                               weight_decay=cfg.weight_decay)
+    v = keras.Variable(np.ones(4, np.float32))
+    for _ in range(200):
+        opt.apply_gradients([(keras.ops.zeros(4), v)])
+    w_keras = float(v.numpy()[0])
+    assert 0.01 < w_pt < 0.2  # airbench's decay is strong: ~1.3 % per step at peak
+    assert np.log(w_keras) == pytest.approx(np.log(w_pt), rel=0.05)
+
+
 def test_fast_fills_only_keys_not_given():
     cfg = TrainConfig(recipe="fast", epochs=4, data="folder:x")
     cfg2, applied = recipes.apply_recipe(cfg, {"epochs", "data", "recipe"}, (32, 32), 50_000)
@@ -47,8 +70,13 @@ def test_auto_is_fast_for_small_images_only_and_leaves_digits_alone():
     cfg = TrainConfig()  # recipe auto, digits
     same, applied = recipes.apply_recipe(cfg, set(), (8, 8), 1400)
     assert applied == {} and same.recipe == "plain" and same.model == "simple_cnn"
-    fast, _ = recipes.apply_recipe(TrainConfig(data="builtin:mnist"), {"data"}, (28, 28), 54_000)
+    fast, _ = recipes.apply_recipe(TrainConfig(data="builtin:mnist"), {"data"}, (28, 28), 54_000, 1)
     assert fast.recipe == "fast" and fast.flip == "none"  # no mirrored digits
+    # Grayscale gets the lighter default, colour the wider and longer one.
+    assert (fast.model_kwargs["width"], fast.epochs) == (recipes.FAST_GRAY["width"], recipes.FAST_GRAY["epochs"])
+    colour, _ = recipes.apply_recipe(TrainConfig(data="folder:x"), {"data"}, (32, 32), 50_000, 3)
+    assert (colour.model_kwargs["width"], colour.epochs) == (recipes.FAST["width"], recipes.FAST["epochs"])
+    assert recipes.FAST_GRAY["width"] < recipes.FAST["width"]
     assert fast.model_kwargs["tta_flip"] is False
     chosen, _ = recipes.apply_recipe(TrainConfig(model="resnet20"), {"model"}, (32, 32), 50_000)
     assert chosen.recipe == "plain"  # a model given by name keeps its usual training
