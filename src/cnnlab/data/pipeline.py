@@ -20,6 +20,8 @@ log = logging.getLogger("cnnlab")
 
 # Cache decoded images in memory when they take less than this (uint8 bytes).
 CACHE_LIMIT_BYTES = 4 * 1024**3
+# Shuffle the whole split each epoch when its decoded images take less than this.
+FULL_SHUFFLE_BYTES = 1024**3
 
 
 def _match_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
@@ -137,7 +139,11 @@ def make_dataset(
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.range(n))).map(
             lambda pair, i: (pair[0], pair[1], i))  # fmt: skip
     if training:
-        ds = ds.shuffle(min(n, 20_000), seed=seed, reshuffle_each_iteration=True)
+        # A buffer as large as the split is a true reshuffle every epoch; it holds
+        # decoded images, so it is capped for large sets (the permutation above
+        # then keeps batches mixed).
+        full = size_bytes <= FULL_SHUFFLE_BYTES
+        ds = ds.shuffle(n if full else min(n, 20_000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE)
 
     weights = None if class_weights is None else tf.constant(class_weights, tf.float32)

@@ -238,7 +238,8 @@ def train(
         # 20-40 px images). Pipelines are built lazily, so batch size and
         # augmentation can still change; the split and images are as loaded.
         n_train0 = len(bundle.examples("train")["labels"])
-        cfg, applied = recipes.apply_recipe(cfg, explicit, bundle.image_size, n_train0)
+        cfg, applied = recipes.apply_recipe(cfg, explicit, bundle.image_size, n_train0,
+                                            bundle.channels)
         if applied:
             from cnnlab.data.augment import resolve_options
 
