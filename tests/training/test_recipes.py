@@ -50,6 +50,12 @@ def test_fast_weight_decay_shrinks_weights_as_fast_as_airbench94():
     assert np.log(w_keras) == pytest.approx(np.log(w_pt), rel=0.05)
 
 
+def test_fast_batch_size_is_1024_for_cifar_sized_sets_with_or_without_held_out_splits():
+    # 50,000 = all of CIFAR-10's training folder; 40,000 = what the default 10 %/10 % splits leave.
+    sizes = [recipes.fast_batch_size(n) for n in (50_000, 40_000, 20_000, 1_000, 10)]
+    assert sizes == [1024, 1024, 512, 64, 64]
+
+
 def test_fast_fills_only_keys_not_given():
     cfg = TrainConfig(recipe="fast", epochs=4, data="folder:x")
     cfg2, applied = recipes.apply_recipe(cfg, {"epochs", "data", "recipe"}, (32, 32), 50_000)
