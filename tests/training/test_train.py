@@ -46,6 +46,16 @@ def test_train_writes_a_complete_run_folder(image_folder, runs_dir):
     assert result.test_accuracy is not None
 
 
+def test_without_a_test_split_no_report_and_the_log_says_how_to_get_one(image_folder, runs_dir, caplog):
+    with caplog.at_level("INFO", logger="cnnlab"):
+        result = cnnlab.train(data=f"folder:{image_folder}", epochs=1, output=str(runs_dir),
+                              test_split=0, **{**TINY, "verbose": 2})  # fmt: skip
+    assert result.report is None and not (result.run_dir / "report.html").exists()
+    assert "test" not in result.metrics and (result.run_dir / "model.keras").is_file()
+    assert f"No test split, so no report yet: `cnnlab evaluate {result.run_dir} --data folder:TEST`" in caplog.text
+    assert "could not be written" not in caplog.text
+
+
 def test_learns_a_learnable_task(make_folder, runs_dir):
     folder = make_folder("learn", per_class=30)
     result = cnnlab.train(data=f"folder:{folder}", epochs=8, output=str(runs_dir), lr=3e-3,

@@ -337,7 +337,12 @@ def train(
     write_json(run.metrics, metrics)
     from cnnlab.evaluation.report import try_write_report  # a failed report only warns
 
-    report = try_write_report(run.path, model=final, bundle=bundle, evaluation=evaluation)
+    report = None
+    if evaluation is None:
+        log.info("No test split, so no report yet: `cnnlab evaluate %s --data folder:TEST` "
+                 "scores a test set and writes report.html", run.path)  # fmt: skip
+    else:
+        report = try_write_report(run.path, model=final, bundle=bundle, evaluation=evaluation)
     log.info("Done in %.1f s. Run folder: %s", time.time() - started, run.path)
     return TrainResult(run.path, final, read_history(run.history), metrics, cfg, evaluation,
                        report)  # fmt: skip
