@@ -39,6 +39,9 @@ class TrainConfig:
     resize: str = "stretch"
     val_split: float = 0.1
     test_split: float = 0.1
+    # a separate labelled test set scored after training (a spec, or "none");
+    # default: the test/ folder beside a folder:.../train, if there is one
+    test_data: str | None = None
     skip_bad_images: bool = False
     cache: str = "auto"
     # augmentation (training split only)

@@ -148,3 +148,22 @@ def test_rgba_grayscale_sources_pick_channels(make_folder):
     assert data.channels == 1 and data.image_size == (16, 16)
     Image.new("RGB", (16, 16)).save(gray / "circle" / "extra.png")
     assert load_data(f"folder:{gray}").channels == 3
+
+
+def test_find_test_folder_only_beside_a_train_folder_with_class_subfolders(tmp_path):
+    from cnnlab.data.sources import find_test_folder
+
+    (tmp_path / "a" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "a" / "test" / "cat").mkdir(parents=True)
+    (tmp_path / "b" / "training" / "cat").mkdir(parents=True)
+    (tmp_path / "b" / "Testing" / "cat").mkdir(parents=True)
+    (tmp_path / "c" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "c" / "test").mkdir(parents=True)  # no class folders: not a test set
+    (tmp_path / "d" / "images" / "cat").mkdir(parents=True)
+    (tmp_path / "d" / "test" / "cat").mkdir(parents=True)  # data is not a train/ folder
+    assert find_test_folder(f"folder:{tmp_path}/a/train") == f"folder:{tmp_path}/a/test"
+    assert find_test_folder(f"folder:{tmp_path}/a/train/") == f"folder:{tmp_path}/a/test"
+    assert find_test_folder(f"folder:{tmp_path}/b/training") == f"folder:{tmp_path}/b/Testing"
+    assert find_test_folder(f"folder:{tmp_path}/c/train") is None
+    assert find_test_folder(f"folder:{tmp_path}/d/images") is None
+    assert find_test_folder("builtin:digits") is None

@@ -184,3 +184,50 @@ def test_missing_weights_fail_before_a_run_folder_exists(image_folder, runs_dir,
         cnnlab.train(data=f"folder:{image_folder}", model="mobilenet", weights="imagenet",
                      image_size=32, epochs=1, output=str(runs_dir), verbose=0)  # fmt: skip
     assert not runs_dir.exists()
+
+
+# ---------------------------------------------------------------- a separate test set
+def test_test_folder_beside_train_is_the_test_set_and_nothing_is_carved(make_folder, runs_dir, caplog):
+    from cnnlab.evaluation.evaluate import evaluate
+
+    train_dir = make_folder("set/train", per_class=12)
+    test_dir = make_folder("set/test", per_class=5, seed=1)
+    with caplog.at_level("INFO", logger="cnnlab"):
+        result = cnnlab.train(data=f"folder:{train_dir}", epochs=1, output=str(runs_dir),
+                              **{**TINY, "verbose": 2})  # fmt: skip
+    assert f"Test set: folder:{test_dir}, the folder beside the training folder" in caplog.text
+    assert result.config.test_data == f"folder:{test_dir}" and result.config.test_split == 0.0
+    with open(result.run_dir / "split.csv") as f:
+        parts = [r["split"] for r in csv.DictReader(f)]
+    assert parts.count("test") == 0 and len(parts) == 24  # all 24 training images: train or val
+    test = result.metrics["test"]
+    assert test["num_examples"] == 10 and test["data"] == f"folder:{test_dir}"
+    assert (result.run_dir / "evaluation-test" / "metrics.json").is_file()
+    assert (result.run_dir / "report.html").is_file()
+    # `cnnlab evaluate RUN` scores the same test set again
+    again = evaluate(result.run_dir, output=result.run_dir / "again")
+    assert again.metrics["num_examples"] == 10
+    assert again.metrics["accuracy"] == pytest.approx(test["accuracy"])
+
+
+def test_test_data_none_or_a_test_split_carves_from_the_training_folder(make_folder, runs_dir):
+    train_dir = make_folder("set/train", per_class=10)
+    make_folder("set/test", per_class=5, seed=1)
+    for extra in ({"test_data": "none"}, {"test_split": 0.2}):
+        result = cnnlab.train(data=f"folder:{train_dir}", epochs=1, output=str(runs_dir),
+                              **extra, **TINY)  # fmt: skip
+        assert result.config.test_data is None
+        assert result.metrics["test"]["num_examples"] == (4 if "test_split" in extra else 2)
+        assert result.metrics["test"]["data"] == f"folder:{train_dir} (held-out split)"
+
+
+def test_test_data_and_a_test_split_together_is_a_config_error(make_folder, runs_dir):
+    from cnnlab.errors import ConfigError
+
+    train_dir = make_folder("set/train", per_class=6)
+    other = make_folder("elsewhere", per_class=3)
+    with pytest.raises(ConfigError, match=r"Both test_data \(folder:.*elsewhere\) and test_split "
+                       r"\(0.2\) are given.*Drop --test-split, or pass --test-data none"):  # fmt: skip
+        cnnlab.train(data=f"folder:{train_dir}", test_data=f"folder:{other}", test_split=0.2,
+                     epochs=1, output=str(runs_dir), **TINY)  # fmt: skip
+    assert not runs_dir.exists()

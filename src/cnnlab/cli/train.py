@@ -12,6 +12,7 @@ Examples:
   cnnlab train                                   # builtin:digits, embedded, ~15 s
   cnnlab train --data folder:cifar10/train --model resnet20 --epochs 30 -b 128
   cnnlab train --data folder:cifar10/train --recipe fast --epochs 10 --model-kwargs width=0.5
+                                                 # (scores cifar10/test, the folder beside train/)
   cnnlab train --data csv:labels.csv --image-size 96 --augment standard
   cnnlab train -c config.yaml --lr 3e-4           # flags override the file
   cnnlab train --model simple_cnn --model-kwargs "filters=[32, 64] dropout=0.2"
@@ -36,6 +37,8 @@ Examples:
               help="Keep aspect ratio by cropping or padding [default: stretch].")
 @click.option("--val-split", type=float, help="Validation share when the data has none [0.1].")
 @click.option("--test-split", type=float, help="Test share when the data has none [0.1].")
+@click.option("--test-data", help="A separate labelled test set (folder:PATH, csv:FILE) scored "
+                   "after training, or 'none' [the test/ folder beside a .../train folder].")
 @click.option("--skip-bad-images", is_flag=True, default=None,
               help="Train without undecodable files (listed in the run folder).")
 @click.option("--cache", type=click.Choice(["auto", "memory", "none"]),

@@ -67,6 +67,32 @@ def parse_spec(spec: str) -> tuple[str, str]:
     )
 
 
+def find_test_folder(spec: str) -> str | None:
+    """The ``test/`` folder beside a ``folder:.../train`` spec, as a spec; else None.
+
+    ``folder:cifar10/train`` with ``cifar10/test/<class>/`` beside it gives
+    ``folder:cifar10/test`` (also ``training``/``testing``). Only a test folder
+    with class subfolders counts.
+
+    Example:
+        >>> find_test_folder("folder:cifar10/train")
+        'folder:cifar10/test'
+    """
+    try:
+        kind, value = parse_spec(spec)
+    except DataError:
+        return None
+    root = Path(value).expanduser()
+    if kind != "folder" or SPLIT_ALIASES.get(root.name.lower()) != "train":
+        return None
+    parent = root.resolve().parent
+    for name in sorted(n for n, part in SPLIT_ALIASES.items() if part == "test"):
+        for candidate in (parent / name, parent / name.capitalize(), parent / name.upper()):
+            if candidate.is_dir() and _class_dirs(candidate):
+                return f"folder:{Path(value).parent / candidate.name}"
+    return None
+
+
 def open_source(spec: str, data_dir: str | None = None) -> Source:
     """Read a data source's index (not its pixels, for file sources)."""
     kind, value = parse_spec(spec)

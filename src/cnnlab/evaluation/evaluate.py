@@ -113,6 +113,8 @@ def evaluate(
     common = dict(image_size=loaded.image_size, channels=loaded.channels, batch_size=batch_size,
                   resize=loaded.resize, augment="none", skip_bad_images=skip_bad_images)  # fmt: skip
     label_map = None
+    if data is None and split == "test" and cfg.get("test_data"):
+        data = cfg["test_data"]  # the run's separate test set
     if data is None:
         if loaded.run_dir is None:
             raise DataError(
@@ -125,12 +127,9 @@ def evaluate(
                            scan=False, **common)  # fmt: skip
         tag = split
     else:
-        bundle = load_data(data, data_dir=data_dir, val_split=0.0, test_split=0.0, **common)
-        if not np.any(bundle.source.parts != ""):
-            # A plain folder or CSV: every (decodable) image is test data.
-            assign = np.where(bundle.split.assignment == "skipped", "skipped", split)
-            bundle.split = Split(assign)
-        label_map = _label_map(bundle.class_names, loaded.class_names, data)
+        common.pop("augment")
+        bundle, label_map = load_test_data(data, loaded.class_names, split=split,
+                                           data_dir=data_dir, **common)  # fmt: skip
         kind, value = data.split(":", 1) if ":" in data else ("data", data)
         tag = f"{kind}-{Path(value.rstrip('/')).name or 'data'}"
         tag = f"{tag}-{split}" if np.any(bundle.source.parts != "") else tag
@@ -144,6 +143,31 @@ def evaluate(
     result.report_path = try_write_report(loaded.run_dir, output=output, model=loaded.model,
                                           bundle=bundle, evaluation=result, split=split)  # fmt: skip
     return result
+
+
+def load_test_data(data: str, class_names: list[str], *, image_size, channels: int,
+                   resize: str = "stretch", batch_size: int = 64, split: str = "test",
+                   skip_bad_images: bool = False, data_dir: str | None = None):  # fmt: skip
+    """Open labelled images to score a model trained on ``class_names``.
+
+    A plain folder or CSV is all ``split`` (every decodable image); a source
+    with its own train/val/test parts keeps them. Returns the DataBundle and the
+    map from its class indices to the model's (classes are matched by name, so
+    a test set may hold a subset of them).
+
+    Example:
+        >>> bundle, label_map = load_test_data("folder:cifar10/test", names, image_size=(32, 32), channels=3)
+    """
+    from cnnlab.data import load_data
+    from cnnlab.data.splits import Split
+
+    bundle = load_data(data, image_size=image_size, channels=channels, batch_size=batch_size,
+                       resize=resize, augment="none", skip_bad_images=skip_bad_images,
+                       data_dir=data_dir, val_split=0.0, test_split=0.0)  # fmt: skip
+    if not np.any(bundle.source.parts != ""):
+        assign = np.where(bundle.split.assignment == "skipped", "skipped", split)
+        bundle.split = Split(assign)
+    return bundle, _label_map(bundle.class_names, class_names, data)
 
 
 def _label_map(data_classes: list[str], model_classes: list[str], spec: str) -> np.ndarray:

@@ -430,10 +430,13 @@ def fine_tune(
     from cnnlab.training.callbacks import EpochStats
     from cnnlab.training.optimizers import DEFAULT_LEARNING_RATES
     from cnnlab.training.run_folder import RunFolder
-    from cnnlab.training.trainer import data_from_config, evaluate_test_split, get_strategy
+    from cnnlab.training.recipes import explicit_keys
+    from cnnlab.training.trainer import (data_from_config, evaluate_test_split, get_strategy,
+                                         resolve_test_data)
 
     started = time.time()
     cfg, opts = resolve_finetune_config(config, overrides)
+    cfg = resolve_test_data(cfg, explicit_keys(config, overrides))
     _setup_logging(cfg.verbose)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
@@ -677,7 +680,7 @@ def fine_tune(
         "train_seconds_this_session": round(sum(s.get("seconds", 0) for s in stages.values()), 2),
         "parameters": int(final.count_params()),
     }
-    evaluation = evaluate_test_split(final, bundle, run, cfg.top_k, metrics)
+    evaluation, test_bundle = evaluate_test_split(final, bundle, run, cfg, metrics)
     metrics["total_seconds_this_session"] = round(time.time() - started, 2)
     write_json(run.metrics, metrics)
     try:
@@ -685,7 +688,7 @@ def fine_tune(
     except ImportError:  # the HTML report is optional
         pass
     else:
-        try_write_report(run.path, model=final, bundle=bundle, evaluation=evaluation)
+        try_write_report(run.path, model=final, bundle=test_bundle, evaluation=evaluation)
     log.info("Done in %.1f s. Run folder: %s", time.time() - started, run.path)
     return FineTuneResult(
         run.path, final, read_history(run.history), metrics, cfg, evaluation, options=opts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 import sys
@@ -100,6 +101,36 @@ def data_from_config(cfg: TrainConfig, *, image_size=None, split=None):
         resize=cfg.resize, cache=cfg.cache, class_weight=cfg.class_weight,
         skip_bad_images=cfg.skip_bad_images, data_dir=cfg.data_dir, split=split,
     )  # fmt: skip
+
+
+def resolve_test_data(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
+    """Settle ``test_data``: the given spec, ``none``, or a ``test/`` folder beside ``train/``.
+
+    With a separate test set no test split is carved from the training data
+    (so ``folder:cifar10/train`` trains on all of it that is not validation)
+    and that set is what the run scores and reports on. A given
+    ``--test-split`` turns the search for a test folder off.
+    """
+    from cnnlab.data.sources import find_test_folder
+
+    if cfg.test_data is not None and cfg.test_data.strip().lower() in ("none", ""):
+        return dataclasses.replace(cfg, test_data=None)
+    test_data = cfg.test_data
+    if test_data is None:
+        if "test_split" in explicit:
+            return cfg
+        test_data = find_test_folder(cfg.data)
+        if test_data is None:
+            return cfg
+        log.info("Test set: %s, the folder beside the training folder (pass --test-data none "
+                 "to carve a test split from the training data instead)", test_data)  # fmt: skip
+    if "test_split" in explicit and cfg.test_split > 0:
+        raise ConfigError(
+            f"Both test_data ({test_data}) and test_split ({cfg.test_split}) are given",
+            expected="one test set: a separate one, or a share carved from the training data",
+            fix="Drop --test-split, or pass --test-data none",
+        )
+    return cfg.replace(test_data=test_data, test_split=0.0)
 
 
 def fit_quietly(model, data, val, epochs: int, initial_epoch: int, callbacks: list,
@@ -218,6 +249,7 @@ def train(
     else:
         cfg = resolve_config(config, overrides)
         explicit = recipes.explicit_keys(config, overrides)
+        cfg = resolve_test_data(cfg, explicit)
     _setup_logging(cfg.verbose)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
@@ -237,9 +269,21 @@ def train(
         # The recipe fills in the keys the user did not give (auto: fast for
         # 20-40 px images). Pipelines are built lazily, so batch size and
         # augmentation can still change; the split and images are as loaded.
-        n_train0 = len(bundle.examples("train")["labels"])
-        cfg, applied = recipes.apply_recipe(cfg, explicit, bundle.image_size, n_train0,
-                                            bundle.channels)
+        given = cfg
+        cfg, applied = recipes.apply_recipe(given, explicit, bundle.image_size,
+                                            len(bundle.examples("train")["labels"]),
+                                            bundle.channels)  # fmt: skip
+        if cfg.val_split != given.val_split and saved_split is None:
+            # The recipe changed the validation share: redraw the split (the test
+            # split is drawn first from the seed, so it stays the same), then
+            # settle the batch size on the new training count.
+            from cnnlab.data.splits import make_split
+
+            bundle.split = make_split(bundle.source, cfg.val_split, cfg.test_split, cfg.seed,
+                                      skip=bundle.split.assignment == "skipped")  # fmt: skip
+            cfg, applied = recipes.apply_recipe(given, explicit, bundle.image_size,
+                                                len(bundle.examples("train")["labels"]),
+                                                bundle.channels)  # fmt: skip
         if applied:
             from cnnlab.data.augment import resolve_options
 
@@ -332,7 +376,7 @@ def train(
         "strategy": type(strategy).__name__,
         "replicas": int(strategy.num_replicas_in_sync),
     }
-    evaluation = evaluate_test_split(final, bundle, run, cfg.top_k, metrics)
+    evaluation, test_bundle = evaluate_test_split(final, bundle, run, cfg, metrics)
     metrics["total_seconds_this_session"] = round(time.time() - started, 2)
     write_json(run.metrics, metrics)
     from cnnlab.evaluation.report import try_write_report  # a failed report only warns
@@ -342,30 +386,45 @@ def train(
         log.info("No test split, so no report yet: `cnnlab evaluate %s --data folder:TEST` "
                  "scores a test set and writes report.html", run.path)  # fmt: skip
     else:
-        report = try_write_report(run.path, model=final, bundle=bundle, evaluation=evaluation)
+        report = try_write_report(run.path, model=final, bundle=test_bundle, evaluation=evaluation)
     log.info("Done in %.1f s. Run folder: %s", time.time() - started, run.path)
     return TrainResult(run.path, final, read_history(run.history), metrics, cfg, evaluation,
                        report)  # fmt: skip
 
 
-def evaluate_test_split(model, bundle, run: RunFolder, top_k: int, metrics: dict):
-    """Score the held-out test split into ``<run>/evaluation-test`` and add its headline
-    numbers to ``metrics["test"]``; returns the EvaluationResult (None without a test split)."""
-    from cnnlab.evaluation.evaluate import save_evaluation, score
+def evaluate_test_split(model, bundle, run: RunFolder, cfg: TrainConfig, metrics: dict):
+    """Score the test set into ``<run>/evaluation-test`` and add its headline numbers to
+    ``metrics["test"]``.
 
-    if bundle.test is None:
-        return None
-    evaluation = score(model, bundle, "test", bundle.class_names, top_k)
+    The test set is ``cfg.test_data`` when set, else the held-out test split.
+    Returns the EvaluationResult and the DataBundle it scored (None, None without
+    a test set).
+    """
+    from cnnlab.evaluation.evaluate import load_test_data, save_evaluation, score
+
+    label_map = None
+    if cfg.test_data:
+        test_bundle, label_map = load_test_data(
+            cfg.test_data, bundle.class_names, image_size=bundle.image_size,
+            channels=bundle.channels, resize=bundle.resize, batch_size=bundle.batch_size,
+            skip_bad_images=cfg.skip_bad_images, data_dir=cfg.data_dir)  # fmt: skip
+    elif bundle.test is not None:
+        test_bundle = bundle
+    else:
+        return None, None
+    evaluation = score(model, test_bundle, "test", bundle.class_names, cfg.top_k, label_map)
     save_evaluation(evaluation, run.path / "evaluation-test")
     m = evaluation.metrics
     k = m["top_k"]
     metrics["test"] = {"loss": m["loss"], "accuracy": m["accuracy"], f"top{k}": m[f"top{k}"],
                        "macro_f1": m["macro avg"]["f1-score"],
                        "weighted_f1": m["weighted avg"]["f1-score"],
-                       "num_examples": m["num_examples"]}  # fmt: skip
-    log.info("Test: accuracy %.4f, top%d %.4f, macro F1 %.4f on %d images",
-             m["accuracy"], k, m[f"top{k}"], m["macro avg"]["f1-score"], m["num_examples"])  # fmt: skip
-    return evaluation
+                       "num_examples": m["num_examples"],
+                       "data": cfg.test_data or f"{cfg.data} (held-out split)"}  # fmt: skip
+    log.info("Test: accuracy %.4f, top%d %.4f, macro F1 %.4f on %d images of %s",
+             m["accuracy"], k, m[f"top{k}"], m["macro avg"]["f1-score"], m["num_examples"],
+             metrics["test"]["data"])  # fmt: skip
+    return evaluation, test_bundle
 
 
 def _check_data(bundle, run: RunFolder) -> None:
