@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import keras
 import numpy as np
 import pytest
@@ -176,3 +178,27 @@ def test_training_pipeline_mixes_classes_of_sorted_data_larger_than_the_shuffle_
                       batch_size=256, training=True)
     _, y = next(iter(ds))
     assert len(set(np.argmax(y.numpy(), 1))) == 10
+
+
+def test_fast_recipe_drops_the_validation_split_unless_asked_and_keeps_the_test_split(make_folder, runs_dir):
+    import cnnlab
+    from cnnlab.data.sources import open_source
+    from cnnlab.data.splits import make_split
+
+    folder = make_folder("small", classes=("a", "b"), per_class=20, size=20)
+    common = dict(data=f"folder:{folder}", recipe="fast", epochs=1, test_split=0.25,
+                  model_kwargs={"width": 0.125}, output=str(runs_dir), verbose=0)  # fmt: skip
+    result = cnnlab.train(**common)
+    assert result.config.val_split == 0.0
+    counts = {"train": 0, "val": 0, "test": 0}
+    with open(result.run_dir / "split.csv") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        counts[r["split"]] += 1
+    assert counts == {"train": 30, "val": 0, "test": 10}
+    # the same test images as a split drawn with the default validation share
+    drawn = make_split(open_source(f"folder:{folder}"), 0.1, 0.25, 42)
+    expected = sorted(str(p) for p in open_source(f"folder:{folder}").paths[drawn.indices("test")])
+    assert sorted(r["path"] for r in rows if r["split"] == "test") == expected
+    watched = cnnlab.train(**common, val_split=0.1)
+    assert watched.config.val_split == 0.1 and "val_accuracy" in watched.history

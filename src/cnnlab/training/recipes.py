@@ -64,6 +64,9 @@ FAST: dict[str, Any] = {
     "final_fraction": 0.07,  # lr falls linearly to 0.07 × peak at the last step
     "random_crop": 2,  # translations by up to 2 pixels (reflect padding)
     "lookahead_every": 5,
+    # The schedule and weight averaging end at the last epoch, which is the model,
+    # so a validation split would only take images (and TTA-evaluation time).
+    "val_split": 0.0,
 }
 # Grayscale images (Fashion-MNIST, MNIST) are easier: a quarter of the compute, 10 epochs.
 FAST_GRAY: dict[str, Any] = {"width": 0.5, "epochs": 10}
@@ -130,6 +133,9 @@ def apply_recipe(cfg: TrainConfig, explicit: set[str], image_size: tuple[int, in
                  n_train: int, channels: int = 3) -> tuple[TrainConfig, dict[str, Any]]:  # fmt: skip
     """Resolve the recipe and fill in its defaults for every key not in ``explicit``.
 
+    The fast recipe sets ``val_split`` 0 when none was given; the caller redraws
+    the split when that changes it (see ``trainer.train``).
+
     ``channels`` picks the default width and epochs (``FAST`` for colour,
     ``FAST_GRAY`` for grayscale).
 
@@ -158,7 +164,8 @@ def apply_recipe(cfg: TrainConfig, explicit: set[str], image_size: tuple[int, in
              weight_decay=FAST["weight_decay"], label_smoothing=FAST["label_smoothing"],
              schedule="linear", warmup_epochs=round(FAST["warmup_fraction"] * epochs, 4),
              augment="none", random_crop=FAST["random_crop"], translation=0.0,
-             flip="none" if cfg.data in NO_FLIP_DATASETS else "alternating")  # fmt: skip
+             flip="none" if cfg.data in NO_FLIP_DATASETS else "alternating",
+             val_split=FAST["val_split"])  # fmt: skip
     d = {k: v for k, v in d.items() if not given(k)}
     # An explicit optimizer keeps its own default learning rate and momentum.
     if given("optimizer") and cfg.optimizer != "sgd":
