@@ -429,10 +429,14 @@ def fine_tune(
     from cnnlab.models.pretrained.weights import LITE_VARIANTS, resolve_weights, weights_status
     from cnnlab.training.callbacks import EpochStats
     from cnnlab.training.optimizers import DEFAULT_LEARNING_RATES
-    from cnnlab.training.run_folder import RunFolder
     from cnnlab.training.recipes import explicit_keys
-    from cnnlab.training.trainer import (data_from_config, evaluate_test_split, get_strategy,
-                                         resolve_test_data)
+    from cnnlab.training.run_folder import RunFolder
+    from cnnlab.training.trainer import (
+        data_from_config,
+        evaluate_test_split,
+        get_strategy,
+        resolve_test_data,
+    )
 
     started = time.time()
     cfg, opts = resolve_finetune_config(config, overrides)
