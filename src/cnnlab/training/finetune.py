@@ -440,8 +440,8 @@ def fine_tune(
 
     started = time.time()
     cfg, opts = resolve_finetune_config(config, overrides)
-    cfg = resolve_test_data(cfg, explicit_keys(config, overrides))
     _setup_logging(cfg.verbose)
+    cfg = resolve_test_data(cfg, explicit_keys(config, overrides))
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()

@@ -249,8 +249,9 @@ def train(
     else:
         cfg = resolve_config(config, overrides)
         explicit = recipes.explicit_keys(config, overrides)
-        cfg = resolve_test_data(cfg, explicit)
     _setup_logging(cfg.verbose)
+    if resume is None:
+        cfg = resolve_test_data(cfg, explicit)  # logs the test folder it finds
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
