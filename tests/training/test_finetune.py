@@ -271,3 +271,17 @@ def test_finetune_config_accepts_train_aliases_and_refuses_typos(tmp_path):
         resolve_finetune_config(path)
     with pytest.raises(ConfigError, match="see `cnnlab finetune --help`"):
         resolve_finetune_config(path)
+
+
+def test_fine_tune_scores_the_test_folder_beside_train(make_folder, runs_dir, backbone_weights):
+    classes = ("red", "green", "blue")
+    train_dir = make_folder("petals/train", classes=classes, per_class=8, size=32)
+    test_dir = make_folder("petals/test", classes=classes[:2], per_class=3, size=32, seed=2)
+    result = fine_tune(data=f"folder:{train_dir}", weights=str(backbone_weights), image_size=32,
+                       batch_size=8, freeze_epochs=1, epochs=1, unfreeze="1", output=str(runs_dir),
+                       verbose=0)  # fmt: skip
+    assert result.config.test_data == f"folder:{test_dir}" and result.config.test_split == 0.0
+    test = result.metrics["test"]
+    assert test["num_examples"] == 6 and test["data"] == f"folder:{test_dir}"
+    with open(result.run_dir / "split.csv", newline="") as f:
+        assert not any(r["split"] == "test" for r in csv.DictReader(f))
