@@ -86,10 +86,10 @@ def find_test_folder(spec: str) -> str | None:
     if kind != "folder" or SPLIT_ALIASES.get(root.name.lower()) != "train":
         return None
     parent = root.resolve().parent
-    for name in sorted(n for n, part in SPLIT_ALIASES.items() if part == "test"):
-        for candidate in (parent / name, parent / name.capitalize(), parent / name.upper()):
-            if candidate.is_dir() and _class_dirs(candidate):
-                return f"folder:{Path(value).parent / candidate.name}"
+    # Split folders are matched as _folder_source matches them: by SPLIT_ALIASES, any case.
+    for name in _class_dirs(parent):
+        if SPLIT_ALIASES.get(name.lower()) == "test" and _class_dirs(parent / name):
+            return f"folder:{Path(value).parent / name}"
     return None
 
 
