@@ -2,19 +2,20 @@
 
 Contenders, all reading the same CIFAR-10 JPEGs (``--limit`` of them, a class-
 balanced subset linked into a temporary folder), batch 64, shuffled, with the
-same augmentation: random horizontal flip and random shifts of up to 10% with
-reflected borders, delivering float arrays:
+same augmentation: random horizontal flip and random shifts of up to 10%,
+delivering float arrays:
 
-- **cnnlab**: ``cnnlab.data.pipeline.make_dataset`` (parallel decode, in-memory
-  cache of decoded images, batched augmentation). Epoch 1 decodes; epoch 2
-  reads the cache (what every later training epoch costs).
+- **cnnlab**: ``cnnlab.data.pipeline.make_dataset`` (files decoded 32 per call
+  in parallel, in-memory cache of decoded images, batched augmentation: flip
+  and whole-pixel shifts with reflected borders in one gather). Epoch 1
+  decodes; epoch 2 reads the cache (what every later training epoch costs).
 - **ImageDataGenerator**: ``tf_keras.preprocessing.image.ImageDataGenerator(
   horizontal_flip=True, width_shift_range=0.1, height_shift_range=0.1,
   fill_mode="reflect").flow_from_directory`` (the seed's loader; needs the
-  ``tf-keras`` package).
+  ``tf-keras`` package; shifts resampled bilinearly).
 - **torchvision**: ``ImageFolder`` + ``DataLoader(num_workers=2)`` with
-  ``RandomHorizontalFlip`` and ``RandomAffine(translate=(0.1, 0.1))`` (reflect
-  padding is not offered there; zero fill). Runs in the Python given by
+  ``RandomHorizontalFlip`` and ``RandomAffine(translate=(0.1, 0.1))`` (nearest-
+  pixel shifts; reflect padding is not offered there, zero fill). Runs in the Python given by
   ``--torch-python`` (default /work/benchvenv-torch/bin/python, a separate
   venv so torch's CUDA-sized wheels stay out of the main one); skipped with a
   message when torch is missing.

@@ -70,3 +70,23 @@ def test_class_weights_balanced(make_folder):
     assert np.allclose(w, [6 / (2 * 4), 6 / (2 * 2)])
     batch = next(iter(data.train))
     assert len(batch) == 3  # images, labels, per-example weights
+
+
+def test_files_decode_in_batches_in_order_and_a_file_broken_after_the_scan_costs_its_batch(
+        tmp_path, monkeypatch):  # fmt: skip
+    from cnnlab.data import pipeline
+
+    monkeypatch.setattr(pipeline, "DECODE_BATCH", 2)
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((4, 4, 3), 10 * i, np.uint8)).save(p)
+        paths.append(str(p))
+    ds = make_dataset(np.arange(6) % 2, num_classes=2, image_size=(4, 4), channels=3,
+                      paths=np.array(paths), batch_size=6)
+    assert [int(v) for v in next(iter(ds))[0].numpy()[:, 0, 0, 0]] == [0, 10, 20, 30, 40, 50]
+    (tmp_path / "3.png").write_bytes(b"not an image any more")
+    ds = make_dataset(np.arange(6) % 2, num_classes=2, image_size=(4, 4), channels=3,
+                      paths=np.array(paths), batch_size=6)
+    x = next(iter(ds))[0].numpy()  # the epoch goes on without files 2 and 3
+    assert [int(v) for v in x[:, 0, 0, 0]] == [0, 10, 40, 50]

@@ -132,6 +132,27 @@ def test_random_crops_translate_each_image_by_at_most_pad():
     assert len({tuple(p) for p in pos}) > 5  # offsets differ per image, not per batch
 
 
+def test_random_crops_flip_mirrors_a_random_half_and_leaves_the_rest():
+    tf.random.set_seed(1)
+    x = np.tile(np.arange(5, dtype=np.float32)[None, None, :, None], (200, 3, 1, 1))
+    out = random_crops(tf.constant(x), 0, flip="horizontal").numpy()
+    mirrored = np.all(out == x[:, :, ::-1], axis=(1, 2, 3))
+    assert np.all(mirrored | np.all(out == x, axis=(1, 2, 3)))
+    assert 60 < mirrored.sum() < 140
+
+
+def test_translation_shifts_whole_pixels_up_to_its_fraction_of_the_size():
+    tf.random.set_seed(2)
+    aug = Augmenter(AugmentOptions(translation=0.1), (20, 20), 1, seed=0)
+    assert aug.shift_pad == (2, 2) and aug.describe() == "translation"
+    x = np.zeros((64, 20, 20, 1), np.float32)
+    x[:, 10, 10] = 255.0
+    out = aug(tf.constant(x)).numpy()
+    assert set(np.unique(out)) == {0.0, 255.0}  # moved, not resampled
+    pos = np.array([np.unravel_index(np.argmax(o[..., 0]), (20, 20)) for o in out])
+    assert np.all(np.abs(pos - 10) <= 2) and len({tuple(p) for p in pos}) > 10
+
+
 def test_lookahead_averages_towards_a_slow_copy():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")

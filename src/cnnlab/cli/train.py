@@ -50,7 +50,7 @@ Examples:
               help="alternating: each image mirrored every other epoch (fast recipe).")
 @click.option("--rotation", type=float, help="Random rotation, fraction of a turn (0.05 = 18°).")
 @click.option("--zoom", type=float, help="Random zoom factor (0.1 = ±10%).")
-@click.option("--translation", type=float, help="Random shift, fraction of the size.")
+@click.option("--translation", type=float, help="Random shift by whole pixels, up to this fraction of the size.")
 @click.option("--contrast", type=float, help="Random contrast factor.")
 @click.option("--random-crop", type=int, help="Pad by N pixels, then crop back at random.")
 @click.option("-b", "--batch-size", type=int, help="Images per step [64].")

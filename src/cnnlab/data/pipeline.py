@@ -22,6 +22,8 @@ log = logging.getLogger("cnnlab")
 CACHE_LIMIT_BYTES = 4 * 1024**3
 # Shuffle the whole split each epoch when its decoded images take less than this.
 FULL_SHUFFLE_BYTES = 1024**3
+# Files decoded per call of the decode map (see make_dataset).
+DECODE_BATCH = 32
 
 
 def _match_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
@@ -118,19 +120,26 @@ def make_dataset(
         resizer = make_resizer(image_size, resize)
         h, w = image_size
 
-        def load(p, y):
+        def load_one(p):
             img = decode_file(p, channels)
             # Files already at the target size (CIFAR's 32x32 JPEGs) skip the resize.
             same = tf.logical_and(tf.shape(img)[0] == h, tf.shape(img)[1] == w)
             img = tf.cond(same, lambda: img, lambda: to_uint8(resizer(img)))
             img.set_shape([h, w, channels])
-            return img, y
+            return img
 
-        ds = tf.data.Dataset.from_tensor_slices((paths.astype(str), labels))
+        def load(ps, ys):
+            spec = tf.TensorSpec([h, w, channels], tf.uint8)
+            return tf.map_fn(load_one, ps, fn_output_signature=spec), ys
+
+        # Files are decoded DECODE_BATCH at a time: tf.data's per-element cost is
+        # larger than decoding one small JPEG, so batching the decode map (and
+        # unbatching after) roughly doubles the first epoch's images/s on CIFAR.
+        ds = tf.data.Dataset.from_tensor_slices((paths.astype(str), labels)).batch(DECODE_BATCH)
         ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
         # A safety net behind the pre-flight scan: a file that changed since the
-        # scan is dropped (with a warning), never allowed to kill an epoch.
-        ds = ds.ignore_errors(log_warning=True)
+        # scan drops its decode batch (with a warning) instead of killing an epoch.
+        ds = ds.ignore_errors(log_warning=True).unbatch()
     size_bytes = n * image_size[0] * image_size[1] * channels
     if cache == "memory" or (cache == "auto" and size_bytes <= CACHE_LIMIT_BYTES):
         ds = ds.cache()
