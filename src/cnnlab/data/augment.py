@@ -96,9 +96,9 @@ def random_crops(images: tf.Tensor, pad: int | tuple[int, int], seed: tf.Tensor 
     at its own random offset; with ``flip`` ("horizontal", "vertical" or
     "horizontal_and_vertical") a random half of the images is also mirrored,
     by reading its columns (rows) in reverse in the same gather. Two gathers,
-    no resampling: a third of the time of Keras' ``RandomFlip`` +
-    ``RandomTranslation`` on a batch of 64 32x32 images, and no interpolation
-    blur. Keras' RandomCrop draws one offset per batch; this draws one per image,
+    no resampling: 40 % of the time of Keras' ``RandomFlip`` +
+    ``RandomTranslation`` on a batch of 64 32x32 images (0.77 against 1.9 ms),
+    and no interpolation blur. Keras' RandomCrop draws one offset per batch; this draws one per image,
     like airbench.
 
     Example:
