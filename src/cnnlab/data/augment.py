@@ -113,15 +113,17 @@ def random_crops(images: tf.Tensor, pad: int | tuple[int, int], seed: tf.Tensor 
         draws = tf.random.uniform([n, 4], 0, 1 << 30, dtype=tf.int32)
     else:
         draws = tf.random.stateless_uniform([n, 4], seed, 0, 1 << 30, dtype=tf.int32)
+    flip_rows = flip in ("vertical", "horizontal_and_vertical")
+    flip_cols = flip in ("horizontal", "horizontal_and_vertical")
     rows = tf.range(h)[None, :] + draws[:, :1] % (2 * ph + 1)
     cols = tf.range(w)[None, :] + draws[:, 1:2] % (2 * pw + 1)
-    if flip in ("vertical", "horizontal_and_vertical"):
+    if flip_rows:
         rows = tf.where(draws[:, 2:3] % 2 == 1, tf.reverse(rows, [1]), rows)
-    if flip in ("horizontal", "horizontal_and_vertical"):
+    if flip_cols:
         cols = tf.where(draws[:, 3:4] % 2 == 1, tf.reverse(cols, [1]), cols)
-    if ph or flip in ("vertical", "horizontal_and_vertical"):
+    if ph or flip_rows:
         x = tf.gather(x, rows, axis=1, batch_dims=1)
-    if pw or flip in ("horizontal", "horizontal_and_vertical"):
+    if pw or flip_cols:
         x = tf.gather(x, cols, axis=2, batch_dims=1)
     return x
 
