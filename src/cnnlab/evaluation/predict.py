@@ -41,7 +41,7 @@ def predict(model, paths, *, top_k: int = 3, batch_size: int = 32) -> list[dict]
     """
     import tensorflow as tf
 
-    from cnnlab.data.pipeline import decode_file, make_resizer, to_uint8
+    from cnnlab.data.pipeline import apply_options, decode_file, make_resizer, to_uint8
     from cnnlab.data.scan import scan_images
     from cnnlab.export.saving import LoadedModel, load_for_inference
 
@@ -55,6 +55,7 @@ def predict(model, paths, *, top_k: int = 3, batch_size: int = 32) -> list[dict]
         ds = tf.data.Dataset.from_tensor_slices(np.array(good))
         ds = ds.map(lambda p: tf.cast(to_uint8(resizer(decode_file(p, loaded.channels))), tf.float32),
                     num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)  # fmt: skip
+        ds = apply_options(ds)
         probs = np.concatenate([np.asarray(loaded.model(x, training=False)) for x in ds])
         k = min(top_k, probs.shape[1])
         for path, p in zip(good, probs):

@@ -346,11 +346,13 @@ def _extract_features(model, ds) -> tuple[np.ndarray, np.ndarray]:
 def _feature_dataset(feats, labels, batch_size: int, seed: int, weights=None, shuffle=False):
     import tensorflow as tf
 
+    from cnnlab.data.pipeline import apply_options
+
     parts = (feats, labels) if weights is None else (feats, labels, weights)
     ds = tf.data.Dataset.from_tensor_slices(parts)
     if shuffle:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return apply_options(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 class _StageColumn(keras.callbacks.Callback):
