@@ -78,6 +78,35 @@ def machine() -> dict[str, Any]:
             "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
 
 
+def epoch_timer(budget_s: float = float("inf")):
+    """A Keras callback class that sums the seconds spent inside epochs.
+
+    ``train_seconds`` leaves out whatever runs between epochs (test scoring,
+    checkpoints); ``after_epoch(epoch, logs)`` is the hook for that work, and
+    training stops at the end of the epoch that takes the sum to ``budget_s``.
+    """
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.train_seconds = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.train_seconds += time.perf_counter() - self._t0
+            self.after_epoch(epoch, logs)
+            if self.train_seconds >= budget_s:
+                self.model.stop_training = True
+
+        def after_epoch(self, epoch, logs):
+            pass
+
+    return EpochTimer
+
+
 def append_result(name: str, record: dict[str, Any]) -> Path:
     """Append one JSON line (record + machine) to ``bench/results/<name>.jsonl``."""
     RESULTS.mkdir(parents=True, exist_ok=True)

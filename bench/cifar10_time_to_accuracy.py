@@ -57,7 +57,6 @@ DEFAULT_SPRINTS = ("0.25:1:128", "0.25:2:256", "0.375:2:256")
 
 def make_test_callback(test_images, labels, budget_s: float, curve: list, name: str):
     """A callback recording (epoch, training seconds, test accuracy) and enforcing the budget."""
-    import keras
     import numpy as np
     import tensorflow as tf
 
@@ -67,16 +66,8 @@ def make_test_callback(test_images, labels, budget_s: float, curve: list, name: 
     # arrays autotunes, and deleting its iterator stalled each scoring by ~18 s.
     test_ds = apply_options(tf.data.Dataset.from_tensor_slices(test_images).batch(500))
 
-    class TestCurve(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.train_seconds = 0.0
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.train_seconds += time.perf_counter() - self._t0
+    class TestCurve(_common.epoch_timer(budget_s)):
+        def after_epoch(self, epoch, logs):
             t = time.perf_counter()
             probs = self.model.predict(test_ds, verbose=0)
             acc = float(np.mean(np.argmax(probs, 1) == labels))
@@ -84,8 +75,6 @@ def make_test_callback(test_images, labels, budget_s: float, curve: list, name: 
                           "train_seconds": round(self.train_seconds, 1), "test_accuracy": acc,
                           "eval_seconds": round(time.perf_counter() - t, 1)})  # fmt: skip
             print(f"  {name} epoch {epoch + 1}: {self.train_seconds:7.1f} s  test {acc:.4f}", flush=True)
-            if self.train_seconds > budget_s:
-                self.model.stop_training = True
 
     return TestCurve()
 

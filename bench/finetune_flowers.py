@@ -99,29 +99,6 @@ def skip_reports() -> None:
     report.try_write_report = lambda *a, **k: None
 
 
-class TimeLimit:
-    """A Keras callback factory: stop training once ``seconds`` of epochs have run."""
-
-    @staticmethod
-    def make(seconds: float):
-        import keras
-
-        class _Limit(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.spent = 0.0
-
-            def on_epoch_begin(self, epoch, logs=None):
-                self._t0 = time.perf_counter()
-
-            def on_epoch_end(self, epoch, logs=None):
-                self.spent += time.perf_counter() - self._t0
-                if self.spent >= seconds:
-                    self.model.stop_training = True
-
-        return _Limit()
-
-
 def run_cnnlab(model: str, args, folder: Path, out: Path) -> dict:
     import cnnlab
 
@@ -161,7 +138,7 @@ def run_scratch(args, folder: Path, out: Path, budget: float) -> dict:
     epoch_s = read_history(probe.run_dir / "history.csv")["epoch_seconds"][0]
     epochs = max(1, int(budget // max(epoch_s, 1e-6)))
     t0 = time.perf_counter()
-    result = cnnlab.train(epochs=epochs, callbacks=[TimeLimit.make(budget)], **common)
+    result = cnnlab.train(epochs=epochs, callbacks=[_common.epoch_timer(budget)()], **common)
     hist = read_history(result.run_dir / "history.csv")
     return {
         "contender": f"scratch {args.scratch_model}",
