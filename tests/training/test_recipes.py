@@ -223,3 +223,19 @@ def test_fast_recipe_drops_the_validation_split_unless_asked_and_keeps_the_test_
     assert sorted(r["path"] for r in rows if r["split"] == "test") == expected
     watched = cnnlab.train(**common, val_split=0.1)
     assert watched.config.val_split == 0.1 and "val_accuracy" in watched.history
+
+
+def test_fast_recipe_pipeline_builds_without_the_outer_graph_seed_warning():
+    import warnings
+
+    import keras
+
+    keras.utils.set_random_seed(5)  # as every cnnlab run does
+    aug = Augmenter(AugmentOptions(flip="alternating", random_crop=1), (4, 4), 1, seed=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = make_dataset(np.zeros(6), num_classes=2, image_size=(4, 4), channels=1,
+                          images=np.zeros((6, 4, 4, 1), np.uint8), batch_size=3, training=True,
+                          augmenter=aug)  # fmt: skip
+    assert not [w for w in caught if "outer graph" in str(w.message)]
+    assert sum(1 for _ in ds) == 2

@@ -8,6 +8,7 @@ label smoothing and mixing), optionally with per-example class weights.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import keras
 import numpy as np
@@ -213,7 +214,12 @@ def _with_epoch(ds: tf.data.Dataset, finish) -> tf.data.Dataset:
 
         return ds.map(with_epoch, num_parallel_calls=AUTOTUNE)
 
-    out = tf.data.Dataset.range(1).flat_map(one_pass)
+    with warnings.catch_warnings():
+        # With a global seed set (every cnnlab run sets one), TensorFlow warns
+        # that the map's random ops take their seeds from it; that is the intent
+        # (runs repeat), and users saw the warning on every fast-recipe run.
+        warnings.filterwarnings("ignore", message=r"Seed \d+ from outer graph", category=UserWarning)
+        out = tf.data.Dataset.range(1).flat_map(one_pass)
     if batches >= 0:
         out = out.apply(tf.data.experimental.assert_cardinality(batches))
     return out
