@@ -92,7 +92,7 @@ def test_files_decode_in_batches_in_order_and_a_file_broken_after_the_scan_costs
     assert [int(v) for v in x[:, 0, 0, 0]] == [0, 10, 40, 50]
 
 
-def test_every_pipeline_runs_without_tf_data_autotuning(image_folder, tmp_path):
+def test_every_pipeline_runs_without_tf_data_autotuning(image_folder):
     # Autotuning's model thread made deleting an iterator wait up to 60 s
     # (a wake-up race in TensorFlow 2.21); Keras deletes one at every epoch
     # start and after every evaluation, so all of cnnlab's pipelines turn it off.

@@ -32,14 +32,15 @@ def apply_options(ds: tf.data.Dataset) -> tf.data.Dataset:
 
     Autotuning runs a model thread per iterator that sleeps for doubling
     periods (up to 60 s). Deleting the iterator wakes that thread before
-    TensorFlow marks the iterator cancelled, so the thread often goes back
-    to sleep for the rest of its period while the deleting call waits
-    (TensorFlow 2.21, seen with ``TF_CPP_VMODULE=model=2``). Keras deletes an
-    iterator at every epoch start and after every evaluation or prediction:
-    on the fast CIFAR-10 recipe this idled both cores for 17-39 s at most
-    epoch starts and 18 s per test scoring. Without autotuning, parallel maps
-    and batches run with ``min(16, cores)`` calls, which is what autotuning
-    chose here anyway; measured epoch times did not change otherwise.
+    TensorFlow's cancellation manager counts as cancelled, so the thread
+    often goes back to sleep for the rest of its period while the deleting
+    call waits (TensorFlow 2.21, seen with ``TF_CPP_VMODULE=model=2``). Keras
+    deletes an iterator at every epoch start and after every evaluation or
+    prediction: on the fast CIFAR-10 recipe this idled both cores for up to
+    39 s at an epoch start and 18 s per test scoring. Without autotuning,
+    parallel maps and batches run ``min(16, cores)`` calls at once, the
+    parallelism autotuning chose on 2 cores anyway; steps took as long as
+    before and the decoding epoch got faster (bench/README.md).
     """
     options = tf.data.Options()
     options.autotune.enabled = False
