@@ -128,7 +128,7 @@ def run_cnnlab(model: str, args, folder: Path, out: Path) -> dict:
 
 def run_scratch(args, folder: Path, out: Path, budget: float) -> dict:
     import cnnlab
-    from cnnlab.training.trainer import read_history
+    from cnnlab.run_folder import read_history
 
     common = dict(data=f"folder:{folder}", model=args.scratch_model, image_size=args.image_size,
                   batch_size=args.batch_size, seed=args.seed, output=str(out),

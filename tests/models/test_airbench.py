@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from cnnlab.export.saving import load_model, save_model
+from cnnlab.models.saving import load_model, save_model
 from cnnlab.models import create_model
 from cnnlab.models.scratch.airbench import (
     DiracInit,

@@ -77,7 +77,7 @@ class _Watch(keras.callbacks.Callback):
 def test_two_stages_keep_batchnorm_frozen_and_the_run_reloads(
     flowers, runs_dir, backbone_weights, caplog
 ):
-    from cnnlab.export.saving import load_model
+    from cnnlab.models.saving import load_model
     from cnnlab.models import create_model
 
     caplog.set_level(logging.INFO, logger="cnnlab")

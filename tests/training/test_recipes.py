@@ -174,7 +174,7 @@ def test_lookahead_averages_towards_a_slow_copy():
 
 def test_fast_recipe_trains_end_to_end_and_records_itself(make_folder, runs_dir):
     import cnnlab
-    from cnnlab.export.saving import load_model
+    from cnnlab.models.saving import load_model
 
     folder = make_folder("small", classes=("a", "b", "c"), per_class=16, size=20)
     result = cnnlab.train(data=f"folder:{folder}", recipe="fast", epochs=2, val_split=0.0,

@@ -99,6 +99,36 @@ class DataBundle:
             )  # fmt: skip
         return self._datasets[key]
 
+    def subset(self, split: str, rows=None, *, batch_size: int = 256, training: bool = False,
+               shuffle_seed: int | None = None):  # fmt: skip
+        """A pipeline over ``rows`` (positions within ``split``; all of it when None).
+
+        No augmentation and no cache: the images as the model takes them, in order. With
+        ``training=True`` it is the un-augmented, shuffled training pipeline (class weights
+        kept), which fine-tuning's feature path and the fast recipe's set-up use.
+        """
+        ex = self.examples(split)
+        if rows is not None:
+            rows = np.asarray(rows, np.int64)
+            ex = {k: v[rows] for k, v in ex.items()}
+        return make_dataset(
+            ex["labels"], num_classes=self.num_classes, image_size=self.image_size,
+            channels=self.channels, images=ex.get("images"), paths=ex.get("paths"),
+            batch_size=batch_size, training=training, augmenter=None, resize=self.resize,
+            cache=self.cache if training else "none", seed=self.seed,
+            class_weights=self.class_weights() if training else None,
+        )  # fmt: skip
+
+    def sample_images(self, split: str, max_images: int) -> np.ndarray:
+        """Up to ``max_images`` images of ``split`` (seeded sample, sorted order) as uint8
+        arrays of the model's size and channels."""
+        n = len(self.examples(split)["labels"])
+        rows = np.sort(np.random.default_rng(self.seed).permutation(n)[:max_images])
+        ex = self.examples(split)
+        if "images" in ex and tuple(ex["images"].shape[1:]) == (*self.image_size, self.channels):
+            return ex["images"][rows]
+        return np.concatenate([x.numpy() for x, _ in self.subset(split, rows, batch_size=500)])
+
     @property
     def train(self):
         return self.dataset("train")

@@ -59,17 +59,13 @@ def _read_run(path: Path) -> dict[str, Any]:
     import yaml
 
     from cnnlab._io import read_json
-    from cnnlab.evaluation.report import _read_history
+    from cnnlab.run_folder import RunFolder, read_history
 
-    if not (path / "config.yaml").is_file():
-        raise RunError(
-            f"{path} is not a cnnlab run folder (no config.yaml)",
-            expected="folders written by `cnnlab train`",
-            fix="Check the paths given to `cnnlab compare`",
-        )
+    RunFolder.open(path, expected="folders written by `cnnlab train`",
+                   fix="Check the paths given to `cnnlab compare`")  # fmt: skip
     config = yaml.safe_load((path / "config.yaml").read_text()) or {}
     metrics = read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
-    history = _read_history(path)
+    history = read_history(path / "history.csv")
     return {"path": path, "config": config, "metrics": metrics, "history": history}
 
 

@@ -106,7 +106,7 @@ def evaluate(
     from cnnlab.data import load_data
     from cnnlab.data.sources import open_source
     from cnnlab.data.splits import Split
-    from cnnlab.export.saving import load_for_inference
+    from cnnlab.models.saving import load_for_inference
 
     loaded = load_for_inference(model_or_run)
     cfg = loaded.config

@@ -43,7 +43,7 @@ def predict(model, paths, *, top_k: int = 3, batch_size: int = 32) -> list[dict]
 
     from cnnlab.data.pipeline import apply_options, decode_file, make_resizer, to_uint8
     from cnnlab.data.scan import scan_images
-    from cnnlab.export.saving import LoadedModel, load_for_inference
+    from cnnlab.models.saving import LoadedModel, load_for_inference
 
     loaded = model if isinstance(model, LoadedModel) else load_for_inference(model)
     files = expand_paths(paths if isinstance(paths, (list, tuple)) else [paths])

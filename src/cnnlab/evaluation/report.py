@@ -37,6 +37,7 @@ import numpy as np
 from cnnlab import _html as H
 from cnnlab._io import read_json, write_json, write_text
 from cnnlab.errors import RunError
+from cnnlab.run_folder import RunFolder, read_history
 
 log = logging.getLogger("cnnlab")
 
@@ -81,27 +82,6 @@ class ReportResult:
 
 
 # --------------------------------------------------------------------------- inputs
-def _read_history(run_dir: Path | None) -> dict[str, list[float]]:
-    """history.csv as columns of floats; unreadable cells are NaN (keeping epochs aligned)
-    and columns with no number at all (Keras writes "NA" val_* without validation) dropped."""
-    path = run_dir / "history.csv" if run_dir else None
-    if path is None or not path.is_file():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    out: dict[str, list[float]] = {}
-    for key in rows[0] if rows else {}:
-        vals = []
-        for r in rows:
-            try:
-                vals.append(float(r[key]))
-            except (TypeError, ValueError):
-                vals.append(float("nan"))
-        if not all(np.isnan(vals)):
-            out[key] = vals
-    return out
-
-
 def _read(run_dir: Path | None, name: str) -> Any:
     if run_dir is None or not (run_dir / name).is_file():
         return None
@@ -363,16 +343,13 @@ def build_report(
 
     limits = limits or ReportLimits()
     run_dir = Path(run) if run is not None else None
-    if run_dir is not None and not (run_dir / "config.yaml").is_file():
-        raise RunError(
-            f"{run_dir} is not a cnnlab run folder (no config.yaml)",
-            expected="a folder written by `cnnlab train`",
-        )
+    if run_dir is not None:
+        RunFolder.open(run_dir)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     config = _read(run_dir, "config.yaml") or {}
     if model is None or bundle is None:
-        from cnnlab.export.saving import load_for_inference
+        from cnnlab.models.saving import load_for_inference
 
         if run_dir is None:
             raise RunError(
@@ -420,7 +397,7 @@ def build_report(
     env = _read(run_dir, "env.json") or {}
     dj = _read(run_dir, "data.json") or {}
     rm = _read(run_dir, "metrics.json") or {}
-    history = _read_history(run_dir)
+    history = read_history(run_dir / "history.csv" if run_dir else None)
     train_seconds = (
         float(np.nansum(history["epoch_seconds"])) if "epoch_seconds" in history else None
     )

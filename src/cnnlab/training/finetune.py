@@ -49,7 +49,8 @@ from cnnlab._io import write_json
 from cnnlab.config import TrainConfig, normalise_keys, read_yaml_mapping, resolve_config
 from cnnlab.errors import ConfigError, ModelError
 from cnnlab.training.callbacks import RunCheckpoint
-from cnnlab.training.trainer import TrainResult, _setup_logging, fit_quietly, read_history
+from cnnlab.run_folder import read_history
+from cnnlab.training.trainer import TrainResult, _setup_logging, fit_quietly
 
 log = logging.getLogger("cnnlab")
 
@@ -425,14 +426,14 @@ def fine_tune(
     """
     import tensorflow as tf
 
-    from cnnlab.export.saving import load_model, save_model
+    from cnnlab.models.saving import load_model, save_model
     from cnnlab.models import create_model, get_spec, list_models
     from cnnlab.models.pretrained.applications import backbone_blocks, get_backbone
     from cnnlab.models.pretrained.weights import LITE_VARIANTS, resolve_weights, weights_status
     from cnnlab.training.callbacks import EpochStats
     from cnnlab.training.optimizers import DEFAULT_LEARNING_RATES
     from cnnlab.training.recipes import explicit_keys
-    from cnnlab.training.run_folder import RunFolder
+    from cnnlab.run_folder import RunFolder
     from cnnlab.training.trainer import (
         data_from_config,
         evaluate_test_split,

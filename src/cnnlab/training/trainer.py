@@ -18,7 +18,7 @@ import numpy as np
 from cnnlab._io import read_json, write_json
 from cnnlab.config import TrainConfig, resolve_config
 from cnnlab.errors import ConfigError, RunError
-from cnnlab.training.run_folder import RunFolder
+from cnnlab.run_folder import RunFolder, read_history
 
 log = logging.getLogger("cnnlab")
 
@@ -162,16 +162,6 @@ def compile_model(model, cfg: TrainConfig, steps_per_epoch: int, num_classes: in
     )
 
 
-def read_history(path: Path) -> dict[str, list[float]]:
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    # Keras' CSVLogger writes "NA" val_* columns when a run has no validation split.
-    cols = {k: [float(r[k]) for r in rows if r.get(k) not in (None, "", "NA")] for k in (rows[0] if rows else {})}
-    return {k: v for k, v in cols.items() if v}
-
-
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time of each message, so a
     caller that redirects stderr (a test harness, a notebook) still sees them."""
@@ -220,7 +210,7 @@ def train(
     import tensorflow as tf
 
     from cnnlab.data.splits import Split
-    from cnnlab.export.saving import load_model, save_model
+    from cnnlab.models.saving import load_model, save_model
     from cnnlab.models import create_model, get_spec
     from cnnlab.training import recipes
     from cnnlab.training.callbacks import EpochStats, RunCheckpoint

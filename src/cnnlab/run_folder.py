@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import time
 from pathlib import Path
@@ -73,14 +74,20 @@ class RunFolder:
         return cls(path)
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> RunFolder:
+    def open(cls, path: str | os.PathLike, expected: str = "a folder written by `cnnlab train`",
+             fix: str | None = None) -> RunFolder:  # fmt: skip
+        """The run folder at ``path``; a clear error when it is not one."""
         run = cls(path)
         if not run.config.is_file():
             raise RunError(
                 f"{run.path} is not a cnnlab run folder (no config.yaml)",
-                expected="a folder created by `cnnlab train`",
+                expected=expected,
+                fix=fix,
             )
         return run
+
+    def read_history(self) -> dict[str, list[float]]:
+        return read_history(self.history)
 
     def write_setup(self, config: dict, bundle, seed: int) -> None:
         """Write what defines the run before it trains: config, environment, classes,
@@ -116,3 +123,27 @@ class RunFolder:
         for b in bad:
             w.writerow([b.path, b.problem])
         write_text(self.bad_files, buf.getvalue())
+
+
+def read_history(path: str | os.PathLike | None) -> dict[str, list[float]]:
+    """history.csv as columns of floats, one value per finished epoch.
+
+    Unreadable cells are NaN, so epochs stay aligned across columns; columns with no
+    number at all (Keras' CSVLogger writes "NA" val_* columns without validation) are
+    dropped. A missing file gives ``{}``.
+    """
+    if path is None or not Path(path).is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out: dict[str, list[float]] = {}
+    for key in rows[0] if rows else {}:
+        vals = []
+        for r in rows:
+            try:
+                vals.append(float(r[key]))
+            except (TypeError, ValueError):
+                vals.append(float("nan"))
+        if not all(math.isnan(v) for v in vals):
+            out[key] = vals
+    return out

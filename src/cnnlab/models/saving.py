@@ -11,6 +11,7 @@ import yaml
 
 from cnnlab._io import atomic_write, read_json
 from cnnlab.errors import ModelError, RunError
+from cnnlab.run_folder import RunFolder
 
 
 def save_model(model, path: str | os.PathLike) -> Path:
@@ -86,11 +87,7 @@ def load_for_inference(model_or_run: str | os.PathLike, which: str = "model") ->
     """Load a model from a run folder or a ``.keras`` file, with its class names and config."""
     path = Path(model_or_run)
     if path.is_dir():
-        if not (path / "config.yaml").is_file():
-            raise RunError(
-                f"{path} is not a cnnlab run folder (no config.yaml)",
-                expected="a folder written by `cnnlab train`, or a .keras file",
-            )
+        RunFolder.open(path, expected="a folder written by `cnnlab train`, or a .keras file")
         model_path = path / f"{which}.keras"
         if not model_path.is_file():
             fallback = path / "checkpoints" / "best.keras"
