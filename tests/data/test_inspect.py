@@ -174,13 +174,21 @@ def test_in_memory_source():
 def test_check_before_training(leaky, tmp_path, caplog):
     from cnnlab.data import load_data
 
-    root, _ = leaky
+    root, expected = leaky
     bundle = load_data(f"folder:{root}", val_split=0.2, seed=0)
     with caplog.at_level(logging.WARNING, logger="cnnlab"):
         report = check_before_training(bundle, tmp_path)
     assert report is not None and not report.settings["full_decode"]
     assert set(report.splits) == {"train", "val", "test"}
-    assert len(report.leakage) >= 5  # the six copies, against whichever split each original fell in
+    # Exactly the six planted copies, each against the split its original fell in.
+    drawn = dict(zip((str(p) for p in bundle.source.paths), bundle.split.assignment))
+    found = {(_rel(p["a"], root / "train"), _rel(p["b"], root / "test")) for p in report.leakage}
+    assert found == expected and len(report.leakage) == 6
+    assert {(p["split_a"], p["split_b"]) for p in report.leakage} <= {
+        ("train", "test"),
+        ("val", "test"),
+    }
+    assert all(p["split_a"] == drawn[p["a"]] for p in report.leakage)
     assert "duplicate pair(s) across splits (leakage)" in caplog.text
     assert (tmp_path / "inspect.json").is_file() and (tmp_path / "leakage.csv").is_file()
     assert check_before_training(load_data("builtin:digits")) is None  # in memory: nothing to check
