@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnlab import _html as H
+from cnnlab.evaluation.plots import _pyplot
+
 EPS = 1e-12
 
 
@@ -135,16 +138,14 @@ def fit_temperature(
     return float(np.exp(res.x))
 
 
-def plot_reliability(
-    bins: dict, path, title: str = "Reliability diagram", calibrated: dict | None = None
-) -> None:
-    """Bar chart of accuracy per confidence bin against the diagonal, with the gap shaded.
+def reliability_png(
+    bins: dict, title: str = "Reliability diagram", calibrated: dict | None = None
+) -> bytes:
+    """Bar chart of accuracy per confidence bin against the diagonal, with the gap shaded,
+    as PNG bytes.
 
     ``calibrated`` (bins after temperature scaling) is drawn as a line on top.
     """
-    from cnnlab._io import atomic_write
-    from cnnlab.evaluation.plots import _pyplot
-
     plt = _pyplot()
     lower = np.array(bins["lower"])
     width = np.array(bins["upper"]) - lower
@@ -190,5 +191,4 @@ def plot_reliability(
     axc.set_xlabel("confidence (top-1 probability)")
     axc.set_ylabel("predictions")
     fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, dpi=90, format="png"), suffix=".png")
-    plt.close(fig)
+    return H.fig_png(fig, dpi=90)

@@ -1,12 +1,22 @@
-"""Plots written as PNG files (matplotlib, no display needed)."""
+"""Figures as PNG (matplotlib, no display needed): the one confusion-matrix plotter.
+
+The evaluation report shows :func:`confusion_matrix_png` inline; ``evaluate``
+writes the same picture to ``confusion_matrix.png`` with
+:func:`plot_confusion_matrix`.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
+from cnnlab import _html as H
 from cnnlab._io import atomic_write
+
+# Up to this many classes the cells carry their numbers; beyond it they are too small.
+LABELLED_CLASSES = 30
 
 
 def _pyplot():
@@ -18,32 +28,92 @@ def _pyplot():
     return plt
 
 
-def plot_confusion_matrix(cm, class_names, path: str | os.PathLike, normalize: bool = True,
-                          title: str = "Confusion matrix") -> None:  # fmt: skip
-    """Row-normalised heat map (recall on the diagonal); counts written in when ≤ 30 classes."""
+def write_png(path: str | os.PathLike, png: bytes) -> Path:
+    """Write PNG bytes atomically (a crash never leaves half a picture)."""
+    return atomic_write(path, lambda p: p.write_bytes(png), suffix=".png")
+
+
+def row_normalised(cm) -> np.ndarray:
+    """Each row of a confusion matrix (rows true) divided by its total: recall on the diagonal."""
+    cm = np.asarray(cm, np.float64)
+    return cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+
+
+def _draw_matrix(ax, shown: np.ndarray, normalised: bool, many: bool):
+    """The heat map itself, with a colour scale that keeps the few-error cells visible."""
+    if normalised and many:
+        from matplotlib.colors import PowerNorm
+
+        # Square-root colours: with many classes, the confusions worth seeing are 1-5 %.
+        return ax.imshow(shown, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1))
+    if normalised:
+        return ax.imshow(shown, cmap="Blues", vmin=0, vmax=1)
+    from matplotlib.colors import LogNorm, Normalize
+
+    # A log scale keeps the few-error cells visible next to the big diagonal.
+    vmax = max(float(shown.max()), 1.0) if shown.size else 1.0
+    norm = LogNorm(vmin=1, vmax=vmax) if vmax > 10 else Normalize(0, vmax)
+    return ax.imshow(
+        np.where(shown > 0, shown, np.nan) if vmax > 10 else shown, cmap="Blues", norm=norm
+    )
+
+
+def _write_cells(ax, shown: np.ndarray, normalised: bool, fontsize: int) -> None:
+    top = np.nanmax(shown) if shown.size else 1
+    for i in range(shown.shape[0]):
+        for j in range(shown.shape[1]):
+            v = shown[i, j]
+            if v:
+                text = f"{v:.2f}".lstrip("0") if normalised else f"{int(v)}"
+                colour = "white" if v > 0.55 * (1 if normalised else top) else "black"
+                ax.text(j, i, text, ha="center", va="center", fontsize=fontsize - 1, color=colour)
+
+
+def confusion_matrix_png(
+    matrix, class_names: list[str], normalised: bool, title: str | None = None
+) -> bytes:
+    """A confusion-matrix heat map (rows true, columns predicted) as PNG bytes.
+
+    ``matrix`` holds counts, or shares of the true class when ``normalised``
+    (see :func:`row_normalised`). Sized so that 100 classes stay legible
+    (scroll, don't shrink); up to 30 classes every cell carries its number.
+    """
     plt = _pyplot()
-    cm = np.asarray(cm, dtype=np.float64)
+    shown = np.asarray(matrix, np.float64)
     n = len(class_names)
-    shown = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
-    size = min(24, max(5, 0.35 * n + 3))
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
-    im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04,
-                 label="share of true class" if normalize else "count")  # fmt: skip
+    many = n > LABELLED_CLASSES
+    size = max(4.5, (0.16 if many else 0.32) * n + 2.2)  # inches per class
+    fig, ax = plt.subplots(figsize=(size + 0.8, size))
+    im = _draw_matrix(ax, shown, normalised, many)
+    label = "share of the true class" if normalised else "images"
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label=label)
+    fontsize = 6 if many else 8
     ticks = np.arange(n)
-    fontsize = 9 if n <= 20 else max(4, 9 - n // 20)
-    ax.set_xticks(ticks, class_names, rotation=90 if n > 10 else 45, ha="right" if n <= 10 else "center",
-                  fontsize=fontsize)  # fmt: skip
+    ax.set_xticks(ticks, class_names, rotation=90, fontsize=fontsize)
     ax.set_yticks(ticks, class_names, fontsize=fontsize)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
-    if n <= 30:
-        for i in range(n):
-            for j in range(n):
-                if cm[i, j]:
-                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=fontsize - 1,
-                            color="white" if shown[i, j] > 0.5 else "black")  # fmt: skip
+    what = ("row-normalised (recall on the diagonal)" if normalised else "counts") + (
+        ", square-root colours" if normalised and many else ""
+    )
+    ax.set_title(f"{title}: {what}" if title else what)
+    if many:  # a light grid every 10 classes to find one's way across the rows
+        for k in range(10, n, 10):
+            ax.axhline(k - 0.5, color="#bbbbbb", lw=0.4)
+            ax.axvline(k - 0.5, color="#bbbbbb", lw=0.4)
+    else:
+        _write_cells(ax, shown, normalised, fontsize)
     fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"), suffix=".png")
-    plt.close(fig)
+    return H.fig_png(fig, dpi=100 if many else 90)
+
+
+def plot_confusion_matrix(
+    cm,
+    class_names: list[str],
+    path: str | os.PathLike,
+    normalize: bool = True,
+    title: str = "Confusion matrix",
+) -> Path:
+    """Write :func:`confusion_matrix_png` of counts ``cm`` to ``path`` (row-normalised by default)."""
+    shown = row_normalised(cm) if normalize else np.asarray(cm, np.float64)
+    return write_png(path, confusion_matrix_png(shown, class_names, normalize, title))
