@@ -1,0 +1,180 @@
+"""Images as the training pipeline sees them, without TensorFlow.
+
+:func:`decode_image` and :func:`resize_image` reproduce ``cnnlab.data.pipeline``
+(``decode_file`` then ``make_resizer`` then ``to_uint8``) in NumPy, so a server
+that runs an exported artifact feeds it the pixels training and ``cnnlab
+predict`` would:
+
+* JPEG is decoded by libjpeg-turbo with the fast integer DCT and fancy
+  upsampling, TensorFlow's defaults (``simplejpeg``; Pillow's accurate DCT
+  differs by up to 6 levels on 65% of pixels). Measured identical to
+  ``tf.io.decode_image`` on 4:4:4, 4:2:2 and 4:2:0 files.
+* PNG, WebP, BMP and GIF (first frame) are decoded by Pillow; 16-bit PNGs keep
+  their high byte as TensorFlow's decoder does; alpha is dropped. Two conversions
+  are close rather than identical: colour to gray (within one level on 0.2% of
+  pixels) and CMYK JPEGs (within two levels).
+* EXIF orientation is ignored, as TensorFlow's decoder (and so training) ignores
+  it: a rotated photo reaches the model as it reached it in training.
+* ``stretch`` resizing is TensorFlow's antialiased bilinear ``scale_and_translate``;
+  ``crop`` and ``pad`` are Keras' ``Resizing`` (centre box, then plain bilinear).
+
+Safety for untrusted bytes (the server's job): the format is decided by decoding,
+from an allow-list; the pixel count is read from the header and checked before
+any pixel is decoded; Pillow's decompression-bomb warning is an error.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+
+from cnnlab.errors import DataError
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class ImageRejected(DataError):
+    """Bytes that are not an image the model may be given; ``status`` is the HTTP answer."""
+
+    def __init__(self, status: int, error: str, detail: str):
+        self.status = status
+        self.error = error
+        self.detail = detail
+        super().__init__(f"{error}: {detail}")
+
+
+def decode_image(data: bytes, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes to uint8 ``(H, W, channels)`` as ``tf.io.decode_image`` would.
+
+    Raises :class:`ImageRejected` with status 400 (empty, truncated or corrupt),
+    413 (more than ``max_pixels`` pixels) or 415 (not JPEG/PNG/WebP/BMP/GIF).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise ImageRejected(400, "empty body", "the request carried no image bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+    except UnidentifiedImageError:
+        raise ImageRejected(415, "unsupported image format",
+                            "the bytes are not a JPEG, PNG, WebP, BMP or GIF image "
+                            "(the format is decided by decoding, not by name or header)") from None  # fmt: skip
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise ImageRejected(413, "image too large", str(e)) from None
+    except Exception as e:  # noqa: BLE001 - any header a decoder cannot parse
+        raise ImageRejected(400, "corrupt image", f"{type(e).__name__}: {e}") from None
+    with im:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise ImageRejected(413, "image too large",
+                                f"{w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,}")  # fmt: skip
+        if w < 1 or h < 1:
+            raise ImageRejected(400, "corrupt image", f"the header says {w}x{h} pixels")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                if im.format == "JPEG" and im.mode in ("L", "RGB"):
+                    return _decode_jpeg(data, channels)
+                return _pil_to_array(im, channels)
+        except ImageRejected:
+            raise
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise ImageRejected(413, "image too large", str(e)) from None
+        except Exception as e:  # noqa: BLE001 - truncated or corrupt pixel data
+            raise ImageRejected(400, "corrupt image",
+                                f"{im.format} data cannot be decoded ({type(e).__name__}: {e})") from None  # fmt: skip
+
+
+def _decode_jpeg(data: bytes, channels: int) -> np.ndarray:
+    import simplejpeg
+
+    # TensorFlow's defaults: fast integer DCT, fancy (smooth) chroma upsampling.
+    out = simplejpeg.decode_jpeg(data, colorspace="RGB" if channels == 3 else "GRAY",
+                                 fastdct=True, fastupsample=False, strict=True)  # fmt: skip
+    return np.ascontiguousarray(out.reshape(out.shape[0], out.shape[1], channels))
+
+
+def _pil_to_array(im, channels: int) -> np.ndarray:
+    im.seek(0)  # GIF: the first frame, as decode_image(expand_animations=False)
+    im.load()
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im)
+        arr = (arr.astype(np.uint32) >> 8).astype(np.uint8) if arr.max(initial=0) > 255 or \
+            im.mode.startswith("I;16") else arr.astype(np.uint8)  # fmt: skip
+        arr = arr[..., None]
+    elif im.mode in ("L", "1"):
+        arr = np.asarray(im.convert("L"))[..., None]
+    elif im.mode == "LA":
+        arr = np.asarray(im)[..., :1]
+    else:
+        arr = np.asarray(im.convert("RGB"))
+    if arr.shape[-1] == channels:
+        return np.ascontiguousarray(arr)
+    if channels == 3:
+        return np.repeat(arr, 3, axis=-1)
+    # RGB to gray as TensorFlow asks libpng to (0.299, 0.587 in 1/32768ths, truncated):
+    # measured within one level of tf.io.decode_png on 0.2% of random pixels.
+    gray = (arr.astype(np.int64) @ np.array([9798, 19234, 3736])) >> 15
+    return np.clip(gray, 0, 255).astype(np.uint8)[..., None]
+
+
+def _weights(in_size: int, out_size: int, antialias: bool) -> np.ndarray:
+    """TensorFlow's ``scale_and_translate`` triangle-kernel weights, (out, in)."""
+    scale = out_size / in_size
+    inv = 1.0 / scale
+    kscale = max(inv, 1.0) if antialias else 1.0
+    w = np.zeros((out_size, in_size), np.float64)
+    for x in range(out_size):
+        sample = (x + 0.5) * inv
+        if sample < 0 or sample > in_size:
+            continue
+        start = max(int(np.ceil(sample - kscale - 0.5)), 0)
+        end = min(int(np.floor(sample + kscale - 0.5)), in_size - 1) + 1
+        src = np.arange(start, end)
+        k = np.maximum(0.0, 1.0 - np.abs((src + 0.5 - sample) / kscale))
+        total = k.sum()
+        w[x, start:end] = k / total if total > 0 else k
+    return w
+
+
+def _bilinear(image: np.ndarray, size: tuple[int, int], antialias: bool) -> np.ndarray:
+    h, w = size
+    x = image.astype(np.float64)
+    if x.shape[0] != h:
+        x = np.einsum("oh,hwc->owc", _weights(x.shape[0], h, antialias), x)
+    if x.shape[1] != w:
+        x = np.einsum("ow,hwc->hoc", _weights(x.shape[1], w, antialias), x)
+    return x
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int], resize: str = "stretch") -> np.ndarray:
+    """Resize uint8 ``(H, W, C)`` to ``size`` as the training pipeline does; returns uint8."""
+    th, tw = int(size[0]), int(size[1])
+    h, w = image.shape[:2]
+    if resize == "stretch":
+        out = _bilinear(image, (th, tw), antialias=True)
+    elif resize == "crop":
+        ch = max(min(h, int(np.float32(w * th) / np.float32(tw))), 1)
+        cw = max(min(w, int(np.float32(h * tw) / np.float32(th))), 1)
+        top, left = int((h - ch) / 2), int((w - cw) / 2)
+        out = _bilinear(image[top:top + ch, left:left + cw], (th, tw), antialias=False)
+    elif resize == "pad":
+        ph = max(h, int(np.float32(w * th) / np.float32(tw)))
+        pw = max(w, int(np.float32(h * tw) / np.float32(th)))
+        top, left = int((ph - h) / 2), int((pw - w) / 2)
+        padded = np.pad(image, ((top, top), (left, left), (0, 0)))
+        out = _bilinear(padded, (th, tw), antialias=False)
+    else:
+        raise DataError(f"Unknown resize mode '{resize}'", expected="stretch, crop or pad")
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def load_image(data: bytes, size: tuple[int, int], channels: int, resize: str = "stretch",
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:  # fmt: skip
+    """Bytes to the uint8 ``(H, W, C)`` array the model takes (decode, then resize)."""
+    return resize_image(decode_image(data, channels, max_pixels), size, resize)
