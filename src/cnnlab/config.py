@@ -3,6 +3,12 @@
 Keys are the CLI flag names with underscores (``--batch-size`` is ``batch_size``;
 dashes are accepted in YAML too). The fully resolved config is written into
 every run folder, so ``cnnlab train -c runs/<run>/config.yaml`` repeats a run.
+
+This module is cnnlab's one vocabulary: long names are canonical, :data:`ALIASES`
+are short spellings accepted everywhere, and :data:`DEPRECATED_KEYS` /
+:data:`DEPRECATED_MODEL_OPTIONS` are old names accepted for one more release with
+a warning that names the new key. :func:`normalise_keys` (and
+:func:`normalise_model_options` for ``model_kwargs``) is where they are resolved.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,8 +87,8 @@ class TrainConfig:
     seed: int = 42
     deterministic: bool = False
     strategy: str = "default"
-    # output
-    output: str = "runs"
+    # output: run folders are made inside runs_dir
+    runs_dir: str = "runs"
     name: str | None = None
     overwrite: bool = False
     verbose: int = 1
@@ -96,28 +104,115 @@ class TrainConfig:
     def replace(self, **overrides: Any) -> TrainConfig:
         return resolve_config(self.to_dict(), overrides)
 
+    @property
+    def output(self) -> str:
+        """Deprecated name of :attr:`runs_dir` (the parent folder of run folders)."""
+        _deprecated("output", "runs_dir", "TrainConfig", what="attribute")
+        return self.runs_dir
+
 
 # timm-style short names, accepted in YAML and Python as in the CLI.
-ALIASES = {"lr": "learning_rate", "opt": "optimizer", "sched": "schedule",
-           "smoothing": "label_smoothing"}  # fmt: skip
+ALIASES = {
+    "lr": "learning_rate",
+    "opt": "optimizer",
+    "sched": "schedule",
+    "smoothing": "label_smoothing",
+}
+
+# Old names, accepted until the next release with a warning naming the new key.
+DEPRECATED_KEYS = {
+    "output": "runs_dir",  # train/finetune/lr-find: the parent folder of run folders
+    "stage2_lr": "stage2_learning_rate",  # finetune
+    "start_lr": "start_learning_rate",  # lr-find
+    "end_lr": "end_learning_rate",  # lr-find
+}
+
+# Model options renamed so that ``width`` is a multiplier in every model:
+# {model-name pattern: {old option: new option}}.
+DEPRECATED_MODEL_OPTIONS = {
+    r"resnet(9|20|32|44|56|110)": {"width": "filters"},  # a filter count, not a multiplier
+    r"vgg\d+_bn": {"width_mult": "width"},
+}
 
 
-def normalise_keys(raw: dict[str, Any], where: str, extra_keys: tuple[str, ...] = (),
-                   command: str = "train") -> dict[str, Any]:  # fmt: skip
-    """Canonical key names (dashes to underscores, timm aliases); unknown keys are refused
-    with the closest names. ``extra_keys`` are accepted too (``cnnlab finetune``'s own)."""
+class CnnlabDeprecationWarning(FutureWarning):
+    """An old key or option name was used; the message names the new one.
+
+    A ``FutureWarning`` so that Python shows it to users by default; the CLI prints
+    it as one line (``cnnlab: warning: ...``).
+    """
+
+
+def _deprecated(old: str, new: str, where: str, what: str = "key") -> None:
+    # Point the warning at the first caller outside cnnlab: the user's line.
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(0), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(
+        f"'{old}' in {where} is a deprecated {what} name; use '{new}' instead "
+        "(the old name stops working in the next release)",
+        CnnlabDeprecationWarning,
+        stacklevel=level,
+    )
+
+
+def canonical_key(key: Any) -> tuple[str, bool]:
+    """``(name, deprecated)``: dashes to underscores, short aliases and old names resolved."""
+    k = str(key).replace("-", "_")
+    k = ALIASES.get(k, k)
+    if k in DEPRECATED_KEYS:
+        return DEPRECATED_KEYS[k], True
+    return k, False
+
+
+def normalise_keys(
+    raw: dict[str, Any], where: str, extra_keys: tuple[str, ...] = (), command: str = "train"
+) -> dict[str, Any]:
+    """Canonical key names (dashes to underscores, aliases, deprecated names with a
+    warning); unknown keys are refused with the closest names. ``extra_keys`` are
+    accepted too (``cnnlab finetune``'s and ``cnnlab lr-find``'s own)."""
     known = TrainConfig.keys() + list(extra_keys)
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in raw.items():
-        k = str(key).replace("-", "_")
-        k = ALIASES.get(k, k)
+        k, deprecated = canonical_key(key)
         if k not in known:
             raise ConfigError(
                 f"Unknown config key '{key}' in {where}.{close_matches(k, known)}",
                 expected=f"one of: {', '.join(known)}",
                 fix=f"Fix the spelling, or see `cnnlab {command} --help` for every option",
             )
+        if deprecated:
+            _deprecated(str(key), k, where)
+        if k in out and out[k] != value:
+            raise ConfigError(
+                f"'{key}' and another spelling of '{k}' are both given in {where}, "
+                f"with different values ({value!r} and {out[k]!r})",
+                fix=f"Keep only '{k}'",
+            )
         out[k] = value
+    return out
+
+
+def normalise_model_options(model: str, options: dict[str, Any], where: str) -> dict[str, Any]:
+    """``options`` with ``model``'s renamed options under their new names (with a warning)."""
+    renames: dict[str, str] = {}
+    for pattern, table in DEPRECATED_MODEL_OPTIONS.items():
+        if re.fullmatch(pattern, str(model).lower().replace("-", "_")):
+            renames.update(table)
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        new = renames.get(key)
+        if new is None:
+            out[key] = value
+            continue
+        if new in options:
+            raise ConfigError(
+                f"{model}: both '{key}' (the old name) and '{new}' are given in {where}",
+                fix=f"Keep only '{new}'",
+            )
+        _deprecated(key, new, f"{where} ({model})", what="model option")
+        out[new] = value
     return out
 
 
@@ -199,6 +294,9 @@ def _coerce(cfg_dict: dict[str, Any]) -> TrainConfig:
             expected="a mapping of option names to values",
             fix="Write model_kwargs as a YAML mapping, or pass --model-kwargs key=value",
         )
+    values["model_kwargs"] = normalise_model_options(
+        str(values.get("model")), values["model_kwargs"], "model_kwargs"
+    )
     cfg = TrainConfig(**values)
     cfg.optimizer = cfg.optimizer.lower()
     _check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
@@ -224,7 +322,7 @@ def _coerce(cfg_dict: dict[str, Any]) -> TrainConfig:
         raise ConfigError(
             f"Bad learning_rate: received {cfg.learning_rate}",
             expected="a positive number such as 1e-3",
-            fix="Pass --lr 1e-3, or leave it out for the optimizer's default",
+            fix="Pass --learning-rate 1e-3, or leave it out for the optimizer's default",
         )
     return cfg
 

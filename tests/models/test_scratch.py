@@ -19,6 +19,8 @@ def test_contract_builds_trains_a_step_and_names_layers(name):
     assert model.input_shape == (None, size, size, 3)
     assert model.output_shape == (None, 3)
     assert model.layers[-1].name == "predictions"
+    # every model names its global pooling 'pooler': fine-tuning and Grad-CAM find it by name
+    assert len(model.get_layer("pooler").output.shape) == 2
     model.compile("sgd", "categorical_crossentropy")
     x = np.random.default_rng(0).uniform(0, 255, (4, size, size, 3)).astype("float32")
     y = keras.utils.to_categorical([0, 1, 2, 0], 3)
@@ -34,15 +36,25 @@ def test_registry_suggests_close_names():
 
 
 def test_unknown_option_lists_accepted_ones():
-    with pytest.raises(ModelError, match="simple_cnn has no option 'fliters'. Did you mean: filters"):
+    with pytest.raises(
+        ModelError, match="simple_cnn has no option 'fliters'. Did you mean: filters"
+    ):
         create_model("simple_cnn", 10, 32, fliters=[8])
 
 
 def test_simple_cnn_is_configurable_by_blocks():
-    model = create_model("simple_cnn", 4, 16, 1, blocks=[
-        {"filters": 8, "kernel_size": 5, "convs": 1, "pool": "avg", "batch_norm": False},
-        {"filters": 16, "activation": "elu", "dropout": 0.5, "pool": "none"},
-    ], dense=[32, 16], dense_dropout=0.0)  # fmt: skip
+    model = create_model(
+        "simple_cnn",
+        4,
+        16,
+        1,
+        blocks=[
+            {"filters": 8, "kernel_size": 5, "convs": 1, "pool": "avg", "batch_norm": False},
+            {"filters": 16, "activation": "elu", "dropout": 0.5, "pool": "none"},
+        ],
+        dense=[32, 16],
+        dense_dropout=0.0,
+    )
     names = [layer.name for layer in model.layers]
     assert "block1_conv1" in names and "block1_conv2" not in names and "block1_bn1" not in names
     assert "block2_conv2" in names and "block2_pool" not in names and "block2_dropout" in names
@@ -62,3 +74,24 @@ def test_preprocessing_is_inside_the_model():
 def test_too_small_images_are_refused():
     with pytest.raises(ModelError, match="needs images of at least 8x8"):
         create_model("resnet20", 10, 4)
+
+
+def test_width_is_a_multiplier_and_filters_a_count():
+    from cnnlab.config import CnnlabDeprecationWarning
+
+    vgg = create_model("vgg8_bn", 3, 16, width=0.5)
+    assert vgg.get_layer("stage1_conv1_conv").filters == 32  # 64 x 0.5
+    resnet = create_model("resnet20", 3, 16, filters=8)
+    assert resnet.get_layer("stem_conv").filters == 8
+    assert resnet.get_layer("stage3_block1_1_conv").filters == 32  # 4x in stage 3
+    assert create_model("resnet9", 3, 16, filters=8).get_layer("layer3_conv").filters == 64
+    with pytest.warns(
+        CnnlabDeprecationWarning,
+        match="'width' in the model options "
+        r"\(resnet20\) is a deprecated model option name; use 'filters'",
+    ):
+        old = create_model("resnet20", 3, 16, width=8)
+    assert old.get_layer("stem_conv").filters == 8
+    with pytest.warns(CnnlabDeprecationWarning, match="use 'width' instead"):
+        old = create_model("vgg8_bn", 3, 16, width_mult=0.5)
+    assert old.get_layer("stage1_conv1_conv").filters == 32

@@ -15,7 +15,8 @@ from cnnlab.cli.train import train as _train_command
 
 _HELP = {
     "model": "Pretrained backbone (see `cnnlab models list --pretrained`) [mobilenet].",
-    "weights": "'imagenet' (Keras' cache, $KERAS_HOME/models), a weights file, or 'none' [imagenet].",
+    "weights": "'imagenet' (Keras' cache, $KERAS_HOME/models), a weights file, or 'none' "
+    "[imagenet].",
     "epochs": "Stage-2 epochs: top blocks unfrozen, lower rate [10].",
     "learning_rate": "Stage-1 (head) learning rate [adam/adamw/rmsprop 1e-3, sgd 0.05].",
     "image_size": "Size images are resized to [the backbone's default, e.g. 224].",
@@ -44,12 +45,13 @@ Examples:
   cnnlab finetune --data folder:flowers --model efficientnet_lite0 --freeze-epochs 5 --epochs 5
   cnnlab finetune --data folder:photos --model resnet50 --unfreeze 0.5 --layer-decay 0.8
   cnnlab finetune --data folder:photos --weights ~/Downloads/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 --model resnet50
-  cnnlab lr-find --data folder:flowers --model mobilenet --image-size 160   # pick --lr first
+  cnnlab lr-find --data folder:flowers --model mobilenet --image-size 160
+                                              # pick --learning-rate first
 
 \b
 Stage 1 trains a new head on the frozen backbone (on features computed once
 when no augmentation comes before the backbone: the log says "feature path").
-Stage 2 unfreezes the top blocks (BatchNorm stays frozen) at --stage2-lr and
+Stage 2 unfreezes the top blocks (BatchNorm stays frozen) at --stage2-learning-rate and
 keeps whichever epoch of either stage scored best on validation.
 Offline: --weights imagenet reads $KERAS_HOME/models/<file>; a missing file is
 named in the error, with the URL to fetch it from.
@@ -61,7 +63,10 @@ named in the error, with the URL to fetch it from.
     metavar="N|FRACTION|all",
     help="Stage 2 trains the top N blocks, a fraction of them, or all [0.25]; 0 skips it.",
 )
-@click.option("--stage2-lr", type=float, help="Stage-2 learning rate [stage-1 rate / 10].")
+@click.option(
+    "--stage2-learning-rate", type=float, help="Stage-2 learning rate [stage-1 rate / 10]."
+)
+@click.option("--stage2-lr", type=float, hidden=True, help="Deprecated name of the above.")
 @click.option(
     "--layer-decay",
     type=float,
@@ -128,6 +133,7 @@ _LR_FIND_KEEP = (
     "nesterov",
     "label_smoothing",
     "seed",
+    "runs_dir",
     "output",
     "quiet",
 )
@@ -139,17 +145,19 @@ _LR_FIND_KEEP = (
 Examples:
   cnnlab lr-find --data folder:flowers --model mobilenet --image-size 160
   cnnlab lr-find --data builtin:digits --model simple_cnn --steps 80
-  cnnlab lr-find --data folder:flowers --model resnet50 --stage full --end-lr 0.1
+  cnnlab lr-find --data folder:flowers --model resnet50 --stage full --end-learning-rate 0.1
 
 \b
 Trains a throw-away model for --steps batches while the learning rate grows
-from --start-lr to --end-lr, then writes lr_find.png (loss against rate),
+from --start-learning-rate to --end-learning-rate, then writes lr_find.png (loss against rate),
 lr_find.csv and lr_find.json and prints the suggested rate (the minimum of the
-smoothed loss / 10). Pass it on as --lr.
+smoothed loss / 10). Pass it on as --learning-rate.
 """,
 )
-@click.option("--start-lr", type=float, default=1e-7, show_default=True)
-@click.option("--end-lr", type=float, default=1.0, show_default=True)
+@click.option("--start-learning-rate", type=float, help="Lowest rate of the sweep [1e-7].")
+@click.option("--end-learning-rate", type=float, help="Highest rate of the sweep [1.0].")
+@click.option("--start-lr", type=float, hidden=True, help="Deprecated: --start-learning-rate.")
+@click.option("--end-lr", type=float, hidden=True, help="Deprecated: --end-learning-rate.")
 @click.option(
     "--steps", "num_steps", type=int, default=100, show_default=True, help="Batches in the sweep."
 )
@@ -166,7 +174,8 @@ def lr_find(config_file, quiet, model_kwargs, **options) -> None:
 
     options["model_kwargs"] = parse_kwargs(model_kwargs) if model_kwargs else None
     options["verbose"] = 0 if quiet else 1
-    result = cnnlab.lr_find(config_file, **options)
+    # Options not given are left out, so that lr_find's defaults apply.
+    result = cnnlab.lr_find(config_file, **{k: v for k, v in options.items() if v is not None})
     if result.suggestion:
         click.echo(
             f"suggested learning rate: {result.suggestion:.3g}  (loss lowest at "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 
 import click
 
@@ -68,6 +69,25 @@ def _quiet_tensorflow_import() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_deprecations(warnings.showwarning)
+        return _main(argv)
+
+
+def _one_line_deprecations(show):
+    """A ``showwarning`` that prints cnnlab's deprecation warnings as one line."""
+    from cnnlab.config import CnnlabDeprecationWarning
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, CnnlabDeprecationWarning):
+            click.echo(f"cnnlab: warning: {message}", err=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return show_warning
+
+
+def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's start-up chatter
     args = sys.argv[1:] if argv is None else argv
     heavy = ("train", "evaluate", "predict", "models", "data", "report", "finetune", "lr-find")

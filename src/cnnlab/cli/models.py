@@ -10,17 +10,23 @@ def models() -> None:
     """List and describe architectures."""
 
 
-@models.command("list", epilog="""\b
+@models.command(
+    "list",
+    epilog="""\b
 Examples:
   cnnlab models list
   cnnlab models list 'resnet*'
   cnnlab models list --pretrained            # and whether their weights are here now
   KERAS_HOME=/data/keras cnnlab models list --pretrained 'efficientnet*'
-""")
+""",
+)
 @click.argument("pattern", default="*")
-@click.option("--pretrained", is_flag=True,
-              help="Only pretrained backbones, with whether their ImageNet weights are available "
-              "offline right now ($KERAS_HOME/models).")
+@click.option(
+    "--pretrained",
+    is_flag=True,
+    help="Only pretrained backbones, with whether their ImageNet weights are available "
+    "offline right now ($KERAS_HOME/models).",
+)
 def list_cmd(pattern, pretrained) -> None:
     """Registered models matching a glob PATTERN."""
     from cnnlab.models import get_spec, list_models
@@ -39,12 +45,15 @@ def list_cmd(pattern, pretrained) -> None:
         for n, st in zip(names, statuses):
             spec = get_spec(n)
             mark = "yes" if st.available else "no "
-            click.echo(f"{n:<{width}}  {spec.default_image_size:>4}px  weights {mark}  "
-                       f"{st.describe()}")  # fmt: skip
+            click.echo(
+                f"{n:<{width}}  {spec.default_image_size:>4}px  weights {mark}  {st.describe()}"
+            )
         return
     for n in names:
         spec = get_spec(n)
-        click.echo(f"{n:<{width}}  {spec.family:<14} {spec.default_image_size:>4}px  {spec.description}")
+        click.echo(
+            f"{n:<{width}}  {spec.family:<14} {spec.default_image_size:>4}px  {spec.description}"
+        )
 
 
 @models.command("info")
@@ -58,11 +67,15 @@ def info_cmd(name, num_classes, image_size, channels) -> None:
 
     spec = get_spec(name)
     click.echo(f"{spec.name}: {spec.description}")
-    click.echo(f"family {spec.family}; default image size {spec.default_image_size}, "
-               f"minimum {spec.min_image_size}")  # fmt: skip
+    click.echo(
+        f"family {spec.family}; default image size {spec.default_image_size}, "
+        f"minimum {spec.min_image_size}"
+    )
     click.echo("options (model_kwargs):")
     for key, default in spec.options().items():
         click.echo(f"  {key} = {default!r}")
     model = create_model(name, num_classes, image_size or spec.default_image_size, channels)
-    click.echo(f"parameters: {model.count_params():,} ({num_classes} classes, "
-               f"{model.input_shape[1]}x{model.input_shape[2]}x{channels})")  # fmt: skip
+    click.echo(
+        f"parameters: {model.count_params():,} ({num_classes} classes, "
+        f"{model.input_shape[1]}x{model.input_shape[2]}x{channels})"
+    )

@@ -27,6 +27,7 @@ def parse_kwargs(items) -> dict:
             try:
                 out[key.strip().replace("-", "_")] = yaml.safe_load(value)
             except yaml.YAMLError:
-                raise ConfigError(f"Bad --model-kwargs value for {key}: {value!r}",
-                                  expected="a YAML value") from None  # fmt: skip
+                raise ConfigError(
+                    f"Bad --model-kwargs value for {key}: {value!r}", expected="a YAML value"
+                ) from None
     return out

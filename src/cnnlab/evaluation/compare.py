@@ -118,7 +118,7 @@ def compare_runs(runs: list[str | os.PathLike]) -> list[dict[str, Any]]:
                 "settings": {
                     k: v
                     for k, v in cfg.items()
-                    if k not in ("output", "name", "overwrite", "verbose")
+                    if k not in ("runs_dir", "output", "name", "overwrite", "verbose")
                 },
                 "history": h,
             }

@@ -22,7 +22,9 @@ def image_input(
     inputs = keras.Input(shape=input_shape, name="image")
     if mean is not None and std is not None:
         channels = input_shape[-1]
-        mean = list(mean)[:channels] if len(mean) >= channels else [sum(mean) / len(mean)] * channels
+        mean = (
+            list(mean)[:channels] if len(mean) >= channels else [sum(mean) / len(mean)] * channels
+        )
         std = list(std)[:channels] if len(std) >= channels else [sum(std) / len(std)] * channels
         x = layers.Normalization(
             mean=mean, variance=[max(s, 1e-3) ** 2 for s in std], name="normalize"
@@ -57,11 +59,25 @@ def bn_layer(name: str):
     return layers.BatchNormalization(momentum=BN_MOMENTUM, name=name)
 
 
-def conv_bn_act(x, filters: int, kernel_size: int = 3, strides: int = 1, activation="relu",
-                name: str = "conv", batch_norm: bool = True, padding: str = "same"):  # fmt: skip
-    x = layers.Conv2D(filters, kernel_size, strides=strides, padding=padding,
-                      use_bias=not batch_norm, kernel_initializer="he_normal",
-                      name=f"{name}_conv")(x)  # fmt: skip
+def conv_bn_act(
+    x,
+    filters: int,
+    kernel_size: int = 3,
+    strides: int = 1,
+    activation="relu",
+    name: str = "conv",
+    batch_norm: bool = True,
+    padding: str = "same",
+):
+    x = layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        use_bias=not batch_norm,
+        kernel_initializer="he_normal",
+        name=f"{name}_conv",
+    )(x)
     if batch_norm:
         x = bn_layer(f"{name}_bn")(x)
     if activation:

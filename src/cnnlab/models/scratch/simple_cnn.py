@@ -19,8 +19,17 @@ from cnnlab.errors import ModelError
 from cnnlab.models.registry import register_model
 from cnnlab.models.scratch.common import bn_layer, image_input
 
-BLOCK_KEYS = ("filters", "kernel_size", "activation", "padding", "convs", "batch_norm",
-              "pool", "pool_size", "dropout")  # fmt: skip
+BLOCK_KEYS = (
+    "filters",
+    "kernel_size",
+    "activation",
+    "padding",
+    "convs",
+    "batch_norm",
+    "pool",
+    "pool_size",
+    "dropout",
+)
 POOLS = ("max", "avg", "none")
 
 
@@ -44,14 +53,21 @@ def _block_list(blocks, filters, defaults) -> list[dict[str, Any]]:
             )
         merged = {**defaults, **b}
         if merged["pool"] not in POOLS:
-            raise ModelError(f"simple_cnn block {i + 1}: bad pool {merged['pool']!r}",
-                             expected="max, avg or none")  # fmt: skip
+            raise ModelError(
+                f"simple_cnn block {i + 1}: bad pool {merged['pool']!r}",
+                expected="max, avg or none",
+            )
         out.append(merged)
     return out
 
 
-@register_model("simple_cnn", family="simple_cnn", default_image_size=32, min_image_size=4,
-                description="Configurable conv blocks + dense layers (the classic Keras CNN)")  # fmt: skip
+@register_model(
+    "simple_cnn",
+    family="simple_cnn",
+    default_image_size=32,
+    min_image_size=4,
+    description="Configurable conv blocks + dense layers (the classic Keras CNN)",
+)
 def simple_cnn(
     num_classes: int,
     input_shape: tuple[int, int, int],
@@ -73,14 +89,27 @@ def simple_cnn(
     std: list[float] | None = None,
 ) -> keras.Model:
     """Conv blocks (conv → BN → activation, × convs; pool; dropout), then dense layers."""
-    defaults = dict(kernel_size=kernel_size, activation=activation, padding=padding, convs=convs,
-                    batch_norm=batch_norm, pool=pool, pool_size=pool_size, dropout=dropout)  # fmt: skip
+    defaults = dict(
+        kernel_size=kernel_size,
+        activation=activation,
+        padding=padding,
+        convs=convs,
+        batch_norm=batch_norm,
+        pool=pool,
+        pool_size=pool_size,
+        dropout=dropout,
+    )
     spec = _block_list(blocks, list(filters), defaults)
     inputs, x = image_input(input_shape, mean, std)
     for i, b in enumerate(spec, start=1):
         for j in range(1, int(b["convs"]) + 1):
-            x = layers.Conv2D(int(b["filters"]), int(b["kernel_size"]), padding=b["padding"],
-                              use_bias=not b["batch_norm"], name=f"block{i}_conv{j}")(x)  # fmt: skip
+            x = layers.Conv2D(
+                int(b["filters"]),
+                int(b["kernel_size"]),
+                padding=b["padding"],
+                use_bias=not b["batch_norm"],
+                name=f"block{i}_conv{j}",
+            )(x)
             if b["batch_norm"]:
                 x = bn_layer(f"block{i}_bn{j}")(x)
             x = layers.Activation(b["activation"], name=f"block{i}_act{j}")(x)
@@ -91,15 +120,18 @@ def simple_cnn(
             x = layers.AveragePooling2D(b["pool_size"], padding="same", name=f"block{i}_pool")(x)
         if b["dropout"]:
             x = layers.Dropout(float(b["dropout"]), name=f"block{i}_dropout")(x)
+    # 'pooler', as in every cnnlab model: fine-tuning and feature extraction find it by name.
     if global_pool == "avg":
-        x = layers.GlobalAveragePooling2D(name="global_pool")(x)
+        x = layers.GlobalAveragePooling2D(name="pooler")(x)
     elif global_pool == "max":
-        x = layers.GlobalMaxPooling2D(name="global_pool")(x)
+        x = layers.GlobalMaxPooling2D(name="pooler")(x)
     else:
-        x = layers.Flatten(name="flatten")(x)
+        x = layers.Flatten(name="pooler")(x)
     for k, units in enumerate(dense, start=1):
         x = layers.Dense(int(units), activation=activation, name=f"dense{k}")(x)
         if dense_dropout:
             x = layers.Dropout(float(dense_dropout), name=f"dense{k}_dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(
+        x
+    )
     return keras.Model(inputs, outputs, name="simple_cnn")
