@@ -148,10 +148,35 @@ def check_page(
     binary = binary or find_chromium()
     if binary is None:
         raise FileNotFoundError("chromium is not installed")
-    url = Path(html).resolve().as_uri()
+    result = PageCheck(Path(html).resolve().as_uri())
+    profile = tempfile.mkdtemp(prefix="cnnlab-chromium-")
+    proc, pipe = _start(binary, profile, width)
+    try:
+        sid = _open(pipe, result.url, width, timeout)
+        _measure(pipe, sid, section_ids, result)
+        if screenshot is not None:
+            _screenshot(pipe, sid, width, result, Path(screenshot), timeout)
+        _record_events(pipe.events, sid, result)
+        try:
+            pipe.send("Browser.close", timeout=5)
+        except (TimeoutError, RuntimeError, OSError):  # it may close before answering
+            pass
+    finally:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        os.close(pipe.w)
+        os.close(pipe.r)
+        shutil.rmtree(profile, ignore_errors=True)
+    return result
+
+
+def _start(binary: str, profile: str, width: int) -> tuple[subprocess.Popen, _Pipe]:
+    """Chromium with its DevTools pipe on descriptors 3 (commands in) and 4 (answers out)."""
     to_child_r, to_child_w = os.pipe()
     from_child_r, from_child_w = os.pipe()
-    profile = tempfile.mkdtemp(prefix="cnnlab-chromium-")
     # The shell puts our pipe ends on descriptors 3 and 4, where Chromium expects them.
     cmd = f'exec "$0" "$@" 3<&{to_child_r} 4>&{from_child_w}'
     proc = subprocess.Popen(
@@ -172,86 +197,73 @@ def check_page(
     )
     os.close(to_child_r)
     os.close(from_child_w)
-    pipe = _Pipe(proc, to_child_w, from_child_r)
-    result = PageCheck(url)
-    try:
-        target = pipe.send("Target.createTarget", {"url": "about:blank"}, timeout=timeout)
-        sid = pipe.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})[
-            "sessionId"
-        ]
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            pipe.send(f"{domain}.enable", session=sid)
-        pipe.send(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False},
-            session=sid,
-        )
-        pipe.send("Page.navigate", {"url": url}, session=sid)
-        pipe.wait_event("Page.loadEventFired", timeout)
-        time.sleep(0.3)  # let late console messages arrive
-        ev = pipe.send(
-            "Runtime.evaluate",
-            {"expression": _SECTION_JS % json.dumps(list(section_ids)), "returnByValue": True},
-            session=sid,
-        )
-        info = json.loads(ev["result"]["value"])
-        result.sections, result.images, result.page_height = (
-            info["sections"],
-            info["images"],
-            info["height"],
-        )
-        if screenshot is not None:
-            pipe.send(
-                "Emulation.setDeviceMetricsOverride",
-                {
-                    "width": width,
-                    "height": result.page_height,
-                    "deviceScaleFactor": 1,
-                    "mobile": False,
-                },
-                session=sid,
+    return proc, _Pipe(proc, to_child_w, from_child_r)
+
+
+def _viewport(pipe: _Pipe, sid: str, width: int, height: int) -> None:
+    metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+    pipe.send("Emulation.setDeviceMetricsOverride", metrics, session=sid)
+
+
+def _open(pipe: _Pipe, url: str, width: int, timeout: float) -> str:
+    """Load ``url`` in a new tab, watching its page, console, log and network: the session id."""
+    target = pipe.send("Target.createTarget", {"url": "about:blank"}, timeout=timeout)
+    attached = pipe.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})
+    sid = attached["sessionId"]
+    for domain in ("Page", "Runtime", "Log", "Network"):
+        pipe.send(f"{domain}.enable", session=sid)
+    _viewport(pipe, sid, width, 900)
+    pipe.send("Page.navigate", {"url": url}, session=sid)
+    pipe.wait_event("Page.loadEventFired", timeout)
+    time.sleep(0.3)  # let late console messages arrive
+    return sid
+
+
+def _measure(pipe: _Pipe, sid: str, section_ids, result: PageCheck) -> None:
+    expression = _SECTION_JS % json.dumps(list(section_ids))
+    ev = pipe.send(
+        "Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=sid
+    )
+    info = json.loads(ev["result"]["value"])
+    result.sections, result.images = info["sections"], info["images"]
+    result.page_height = info["height"]
+
+
+def _screenshot(
+    pipe: _Pipe, sid: str, width: int, result: PageCheck, path: Path, timeout: float
+) -> None:
+    _viewport(pipe, sid, width, result.page_height)
+    shot = pipe.send(
+        "Page.captureScreenshot",
+        {"format": "png", "captureBeyondViewport": True},
+        session=sid,
+        timeout=timeout,
+    )
+    path.write_bytes(base64.b64decode(shot["data"]))
+    result.screenshot = path
+
+
+def _record_events(events: list[dict], sid: str, result: PageCheck) -> None:
+    """Requests, console messages and errors of the page's own session."""
+    for e in events:
+        if e.get("sessionId") != sid:
+            continue
+        method, p = e.get("method"), e.get("params", {})
+        if method == "Network.requestWillBeSent":
+            result.requests.append(p["request"]["url"])
+        elif method == "Network.loadingFailed":
+            result.errors.append(f"load failed: {p.get('errorText')}")
+        elif method == "Runtime.consoleAPICalled":
+            text = " ".join(
+                str(a.get("value", a.get("description", ""))) for a in p.get("args", [])
             )
-            shot = pipe.send(
-                "Page.captureScreenshot",
-                {"format": "png", "captureBeyondViewport": True},
-                session=sid,
-                timeout=timeout,
-            )
-            Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
-            result.screenshot = Path(screenshot)
-        for e in pipe.events:
-            if e.get("sessionId") != sid:
-                continue
-            method, p = e.get("method"), e.get("params", {})
-            if method == "Network.requestWillBeSent":
-                result.requests.append(p["request"]["url"])
-            elif method == "Network.loadingFailed":
-                result.errors.append(f"load failed: {p.get('errorText')}")
-            elif method == "Runtime.consoleAPICalled":
-                text = " ".join(
-                    str(a.get("value", a.get("description", ""))) for a in p.get("args", [])
-                )
-                result.console.append(f"{p.get('type')}: {text}")
-                if p.get("type") in ("error", "assert"):
-                    result.errors.append(f"console: {text}")
-            elif method == "Runtime.exceptionThrown":
-                result.errors.append(f"exception: {p['exceptionDetails'].get('text')}")
-            elif method == "Log.entryAdded":
-                entry = p["entry"]
-                result.console.append(f"{entry['level']}: {entry['text']}")
-                if entry["level"] == "error":
-                    result.errors.append(f"log: {entry['text']} {entry.get('url', '')}")
-        try:
-            pipe.send("Browser.close", timeout=5)
-        except (TimeoutError, RuntimeError, OSError):  # it may close before answering
-            pass
-    finally:
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        os.close(to_child_w)
-        os.close(from_child_r)
-        shutil.rmtree(profile, ignore_errors=True)
-    return result
+            result.console.append(f"{p.get('type')}: {text}")
+            if p.get("type") in ("error", "assert"):
+                result.errors.append(f"console: {text}")
+        elif method == "Runtime.exceptionThrown":
+            result.errors.append(f"exception: {p['exceptionDetails'].get('text')}")
+        elif method == "Log.entryAdded":
+            entry = p["entry"]
+            result.console.append(f"{entry['level']}: {entry['text']}")
+            if entry["level"] == "error":
+                result.errors.append(f"log: {entry['text']} {entry.get('url', '')}")
