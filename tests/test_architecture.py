@@ -83,39 +83,61 @@ def _resolve(name: str, known: dict[str, Path]) -> str | None:
     return None
 
 
+def _facade() -> dict[str, str]:
+    """``cnnlab.<name>`` -> the module it is loaded from: the package's lazy public API."""
+    import cnnlab
+
+    return dict(cnnlab._API)
+
+
+def _imported_names(module: str, node: ast.AST, is_package: bool) -> list[str]:
+    """The dotted names an ``import`` statement or ``importlib.import_module("...")`` reaches;
+    ``cnnlab.train`` stands for what the lazy API loads (its module, via the façade)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom):
+        if node.level:
+            base = module.split(".")
+            base = base[: len(base) - node.level + (1 if is_package else 0)]
+            origin = ".".join(base + ([node.module] if node.module else []))
+        else:
+            origin = node.module or ""
+        # `from pkg import sub` imports the submodule pkg.sub when there is one.
+        return [f"{origin}.{alias.name}" for alias in node.names] or [origin]
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "import_module"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    ):
+        return [node.args[0].value]
+    # `import cnnlab` then `cnnlab.train(...)`: the façade loads cnnlab.workflows.
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        if node.value.id == "cnnlab":
+            return [f"cnnlab.{node.attr}"]
+    return []
+
+
 def imports_of(module: str, path: Path, known: dict[str, Path]) -> list[tuple[str, int]]:
     """Every cnnlab module ``module`` imports, with the line: top-level imports, imports
-    inside functions and under ``if``, relative imports, and ``importlib.import_module``
-    of a literal name."""
+    inside functions and under ``if``, relative imports, ``importlib.import_module`` of a
+    literal name, and the lazy API (``from cnnlab import train``, ``cnnlab.train``)."""
+    facade = _facade()
     is_package = path.name == "__init__.py"
     found: list[tuple[str, int]] = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = module.split(".")
-                base = base[: len(base) - node.level + (1 if is_package else 0)]
-                origin = ".".join(base + ([node.module] if node.module else []))
-            else:
-                origin = node.module or ""
-            # `from pkg import sub` imports the submodule pkg.sub when there is one.
-            names = [f"{origin}.{alias.name}" for alias in node.names] or [origin]
-        elif (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "import_module"
-            and node.args
-            and isinstance(node.args[0], ast.Constant)
-            and isinstance(node.args[0].value, str)
-        ):
-            names = [node.args[0].value]
-        for name in names:
-            if name == "cnnlab" or name.startswith("cnnlab."):
-                target = _resolve(name, known)
-                if target is not None and target != module:
-                    found.append((target, node.lineno))
+        for name in _imported_names(module, node, is_package):
+            parts = name.split(".")
+            if parts[0] != "cnnlab":
+                continue
+            if len(parts) == 2 and name not in known and parts[1] in facade:
+                name = facade[parts[1]]
+            target = _resolve(name, known)
+            # The package root itself imports nothing (its API is the façade above).
+            if target not in (None, "cnnlab", module):
+                found.append((target, node.lineno))
     return found
 
 
@@ -199,6 +221,17 @@ def test_the_checker_sees_imports_inside_functions_and_relative_ones(tmp_path):
         "evaluation",
     ]
     assert cycles(graph) == [["cnnlab.evaluation.a", "cnnlab.training.b"]]
+    # The lazy API counts as an import of the module it loads from.
+    known["cnnlab.workflows"] = tmp_path / "w.py"
+    known["cnnlab"] = tmp_path / "root.py"
+    path = tmp_path / "c.py"
+    path.write_text(
+        "import cnnlab\nfrom cnnlab import __version__\n\n"
+        "def f():\n    return cnnlab.train(), cnnlab.__version__\n"
+    )
+    assert imports_of("cnnlab.evaluation.c", path, known) == [("cnnlab.workflows", 5)]
+    path.write_text("from cnnlab import fine_tune\n")
+    assert imports_of("cnnlab.evaluation.c", path, known) == [("cnnlab.workflows", 1)]
 
 
 def test_every_import_points_down_the_layers():
