@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from cnnlab import _html as H
-from cnnlab._io import write_json, write_text
+from cnnlab._io import read_json, write_json, write_text
 from cnnlab.errors import RunError
+from cnnlab.evaluation.plots import _pyplot, write_png
+from cnnlab.run_folder import RunFolder, read_history
 
 # Columns of the table: (key, heading). Settings that differ between runs are added after these.
 COLUMNS = (
@@ -43,6 +46,8 @@ COLUMNS = (
     ("seconds_per_epoch", "s/epoch"),
     ("images_per_second", "img/s"),
 )
+# Config keys that name where a run went, not how it trained.
+NOT_SETTINGS = ("runs_dir", "output", "name", "overwrite", "verbose")
 KEY_SETTINGS = (
     "optimizer",
     "learning_rate",
@@ -56,11 +61,6 @@ KEY_SETTINGS = (
 
 
 def _read_run(path: Path) -> dict[str, Any]:
-    import yaml
-
-    from cnnlab._io import read_json
-    from cnnlab.run_folder import RunFolder, read_history
-
     RunFolder.open(path, expected="folders written by `cnnlab train`",
                    fix="Check the paths given to `cnnlab compare`")  # fmt: skip
     config = yaml.safe_load((path / "config.yaml").read_text()) or {}
@@ -79,51 +79,46 @@ def compare_runs(runs: list[str | os.PathLike]) -> list[dict[str, Any]]:
     """
     if not runs:
         raise RunError("No run folders to compare", fix="Pass two or more run folders")
-    rows = []
     names = _short_names([Path(r) for r in runs])
-    for run, name in zip(runs, names):
-        r = _read_run(Path(run))
-        cfg, m, h = r["config"], r["metrics"], r["history"]
-        test = m.get("test") or {}
-        topk = next((v for k, v in test.items() if k.startswith("top") and k[3:].isdigit()), None)
-        seconds = (
-            float(np.nansum(h["epoch_seconds"]))
-            if h.get("epoch_seconds")
-            else m.get("train_seconds_this_session")
-        )
-        epochs = len(h.get("loss", [])) or m.get("epochs_done")
-        size = cfg.get("image_size")
-        rows.append(
-            {
-                "run": name,
-                "path": str(r["path"]),
-                "model": cfg.get("model"),
-                "data": cfg.get("data"),
-                "image_size": "×".join(map(str, size)) if isinstance(size, list) else size,
-                "parameters": m.get("parameters"),
-                "epochs_done": epochs,
-                "best_epoch": m.get("best_epoch"),
-                "best_val_accuracy": float(np.nanmax(h["val_accuracy"]))
-                if h.get("val_accuracy")
-                else None,
-                "test_accuracy": test.get("accuracy"),
-                "test_topk": topk,
-                "test_macro_f1": test.get("macro_f1"),
-                "test_loss": test.get("loss"),
-                "train_seconds": round(seconds, 1) if seconds is not None else None,
-                "seconds_per_epoch": round(seconds / epochs, 2) if seconds and epochs else None,
-                "images_per_second": float(np.nanmedian(h["images_per_second"]))
-                if h.get("images_per_second")
-                else None,
-                "settings": {
-                    k: v
-                    for k, v in cfg.items()
-                    if k not in ("runs_dir", "output", "name", "overwrite", "verbose")
-                },
-                "history": h,
-            }
-        )
-    return rows
+    return [_row(_read_run(Path(run)), name) for run, name in zip(runs, names)]
+
+
+def _row(r: dict[str, Any], name: str) -> dict[str, Any]:
+    """A run's line of the table, from what its folder holds."""
+    cfg, m, h = r["config"], r["metrics"], r["history"]
+    test = m.get("test") or {}
+    topk = next((v for k, v in test.items() if k.startswith("top") and k[3:].isdigit()), None)
+    seconds = (
+        float(np.nansum(h["epoch_seconds"]))
+        if h.get("epoch_seconds")
+        else m.get("train_seconds_this_session")
+    )
+    epochs = len(h.get("loss", [])) or m.get("epochs_done")
+    size = cfg.get("image_size")
+    return {
+        "run": name,
+        "path": str(r["path"]),
+        "model": cfg.get("model"),
+        "data": cfg.get("data"),
+        "image_size": "×".join(map(str, size)) if isinstance(size, list) else size,
+        "parameters": m.get("parameters"),
+        "epochs_done": epochs,
+        "best_epoch": m.get("best_epoch"),
+        "best_val_accuracy": _summary(np.nanmax, h.get("val_accuracy")),
+        "test_accuracy": test.get("accuracy"),
+        "test_topk": topk,
+        "test_macro_f1": test.get("macro_f1"),
+        "test_loss": test.get("loss"),
+        "train_seconds": round(seconds, 1) if seconds is not None else None,
+        "seconds_per_epoch": round(seconds / epochs, 2) if seconds and epochs else None,
+        "images_per_second": _summary(np.nanmedian, h.get("images_per_second")),
+        "settings": {k: v for k, v in cfg.items() if k not in NOT_SETTINGS},
+        "history": h,
+    }
+
+
+def _summary(reduce, values: list[float] | None) -> float | None:
+    return float(reduce(values)) if values else None
 
 
 def _short_names(paths: list[Path]) -> list[str]:
@@ -169,8 +164,6 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _curves_png(rows: list[dict]) -> bytes | None:
-    from cnnlab.evaluation.plots import _pyplot
-
     if not any(r["history"].get("loss") for r in rows):
         return None
     plt = _pyplot()
@@ -234,62 +227,13 @@ def write_comparison(runs: list[str | os.PathLike], output: str | os.PathLike) -
     png = _curves_png(rows)
     written: dict[str, Path] = {}
     if png:
-        written["png"] = out / "compare.png"
-        written["png"].write_bytes(png)
-    # table: runs as rows for the page and CSV (sortable in a spreadsheet)
-    keys = [k for k, _ in COLUMNS]
-    heads = [h for _, h in COLUMNS] + diff
-    table_rows = [
-        [_cell(k, r.get(k)) for k in keys] + [str(r["settings"].get(k, "–")) for k in diff]
-        for r in rows
-    ]
-    best = {}
-    for k in ("best_val_accuracy", "test_accuracy", "test_macro_f1"):
-        vals = [r.get(k) for r in rows]
-        if any(v is not None for v in vals):
-            best[k] = int(np.nanargmax([v if v is not None else -np.inf for v in vals]))
-    html_rows = []
-    for i, row in enumerate(table_rows):
-        cells = []
-        for j, c in enumerate(row):
-            key = keys[j] if j < len(keys) else None
-            text = H.esc(c)
-            cells.append(
-                f"<b>{text}</b>" if key in best and best[key] == i and len(rows) > 1 else text
-            )
-        html_rows.append(cells)
-    body = (
-        '<div class="wide">'
-        + H.table(heads, html_rows, numeric=range(4, len(keys)), raw=True)
-        + "</div>"
-        + H.note(
-            "Best value per metric in bold. Times are training time summed over epochs "
-            "(history.csv); img/s is the median training throughput."
-            + (
-                f" Settings that differ: {', '.join(diff)}."
-                if diff
-                else " All settings are the same."
-            )
-        )
-    )
+        written["png"] = write_png(out / "compare.png", png)
+    curves = H.img(png, "learning curves") if png else H.note("No history.")
     sections = [
-        ("table", "Runs", body),
-        (
-            "curves",
-            "Learning curves",
-            H.img(png, "learning curves") if png else H.note("No history."),
-        ),
+        ("table", "Runs", _table_html(rows, diff)),
+        ("curves", "Learning curves", curves),
+        ("settings", "Key settings", _settings_html(rows)),
     ]
-    sections.append(
-        (
-            "settings",
-            "Key settings",
-            H.table(
-                ["run", *KEY_SETTINGS],
-                [[r["run"], *(str(r["settings"].get(k, "–")) for k in KEY_SETTINGS)] for r in rows],
-            ),
-        )
-    )
     written["html"] = write_text(
         out / "compare.html",
         H.page(
@@ -299,14 +243,57 @@ def write_comparison(runs: list[str | os.PathLike], output: str | os.PathLike) -
             footer="Written by cnnlab compare. The same numbers are in compare.json and compare.csv.",
         ),
     )
-    written["json"] = write_json(
-        out / "compare.json",
-        {"runs": [{k: v for k, v in r.items()} for r in rows], "differing_settings": diff},
+    written["json"] = write_json(out / "compare.json", {"runs": rows, "differing_settings": diff})
+    written["csv"] = write_text(out / "compare.csv", _csv(rows, diff))
+    return written
+
+
+def _best_rows(rows: list[dict]) -> dict[str, int]:
+    """For each headline metric, the row with the highest value."""
+    best = {}
+    for k in ("best_val_accuracy", "test_accuracy", "test_macro_f1"):
+        vals = [r.get(k) for r in rows]
+        if any(v is not None for v in vals):
+            best[k] = int(np.nanargmax([v if v is not None else -np.inf for v in vals]))
+    return best
+
+
+def _table_html(rows: list[dict], diff: list[str]) -> str:
+    """Runs as rows (as in the CSV), the best value per metric in bold."""
+    keys = [k for k, _ in COLUMNS]
+    best = _best_rows(rows) if len(rows) > 1 else {}
+    html_rows = []
+    for i, r in enumerate(rows):
+        cells = [
+            f"<b>{H.esc(_cell(k, r.get(k)))}</b>" if best.get(k) == i else H.esc(_cell(k, r.get(k)))
+            for k in keys
+        ]
+        html_rows.append(cells + [H.esc(str(r["settings"].get(k, "–"))) for k in diff])
+    differ = f" Settings that differ: {', '.join(diff)}." if diff else " All settings are the same."
+    return (
+        '<div class="wide">'
+        + H.table([h for _, h in COLUMNS] + diff, html_rows, numeric=range(4, len(keys)), raw=True)
+        + "</div>"
+        + H.note(
+            "Best value per metric in bold. Times are training time summed over epochs "
+            "(history.csv); img/s is the median training throughput." + differ
+        )
     )
+
+
+def _settings_html(rows: list[dict]) -> str:
+    return H.table(
+        ["run", *KEY_SETTINGS],
+        [[r["run"], *(str(r["settings"].get(k, "–")) for k in KEY_SETTINGS)] for r in rows],
+    )
+
+
+def _csv(rows: list[dict], diff: list[str]) -> str:
+    """Runs as rows with raw numbers (sortable in a spreadsheet)."""
+    keys = [k for k, _ in COLUMNS]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["path", *keys, *diff])
     for r in rows:
         w.writerow([r["path"], *(r.get(k) for k in keys), *(r["settings"].get(k) for k in diff)])
-    written["csv"] = write_text(out / "compare.csv", buf.getvalue())
-    return written
+    return buf.getvalue()
