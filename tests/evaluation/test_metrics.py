@@ -7,8 +7,9 @@ from cnnlab.evaluation.metrics import compute_metrics, format_report, top_k_accu
 def test_metrics_match_hand_computed_values():
     # true: 0 0 1 1 2 ; predicted: 0 1 1 1 0
     y = np.array([0, 0, 1, 1, 2])
-    probs = np.array([[0.8, 0.1, 0.1], [0.3, 0.6, 0.1], [0.1, 0.7, 0.2],
-                      [0.2, 0.5, 0.3], [0.5, 0.1, 0.4]])  # fmt: skip
+    probs = np.array(
+        [[0.8, 0.1, 0.1], [0.3, 0.6, 0.1], [0.1, 0.7, 0.2], [0.2, 0.5, 0.3], [0.5, 0.1, 0.4]]
+    )
     m = compute_metrics(y, probs, ["a", "b", "c"], top_k=2)
     assert m["accuracy"] == pytest.approx(3 / 5)
     assert m["loss"] == pytest.approx(-np.mean(np.log([0.8, 0.3, 0.7, 0.5, 0.4])))

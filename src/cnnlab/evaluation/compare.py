@@ -61,8 +61,11 @@ KEY_SETTINGS = (
 
 
 def _read_run(path: Path) -> dict[str, Any]:
-    RunFolder.open(path, expected="folders written by `cnnlab train`",
-                   fix="Check the paths given to `cnnlab compare`")  # fmt: skip
+    RunFolder.open(
+        path,
+        expected="folders written by `cnnlab train`",
+        fix="Check the paths given to `cnnlab compare`",
+    )
     config = yaml.safe_load((path / "config.yaml").read_text()) or {}
     metrics = read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {}
     history = read_history(path / "history.csv")

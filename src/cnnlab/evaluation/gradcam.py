@@ -110,48 +110,63 @@ def gradcam(
         >>> maps = gradcam(model, images)           # (N, H, W)
         >>> over = overlay(images[0], maps[0])      # uint8 RGB for display
     """
-    import keras
-    import tensorflow as tf
-
     images = np.asarray(images, np.float32)
-    layer = layer or find_last_conv_layer(model)
+    grad_model, head = _grad_model(model, layer or find_last_conv_layer(model))
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size]
+        if class_index is None or np.ndim(class_index) == 0:
+            cls = class_index
+        else:
+            cls = np.asarray(class_index)[start : start + batch_size]
+        out.append(_batch_maps(grad_model, head, x, cls))
+    maps = np.concatenate(out) if out else np.zeros((0, *images.shape[1:3]), np.float32)
+    # Each map is scaled to its own maximum: the question is "where", not "how much".
+    peak = maps.reshape(len(maps), -1).max(axis=1) if len(maps) else np.zeros(0)
+    return maps / np.where(peak > 0, peak, 1.0)[:, None, None]
+
+
+def _grad_model(model, layer: str):
+    """A model from the input to (the feature map, the class scores' source), and the dense
+    ``predictions`` head whose logits are the class scores (None: use log-probabilities)."""
+    import keras
+
     fmap_out = _output_in(model, model.get_layer(layer))
     head = None
     try:
         head = model.get_layer("predictions")
     except ValueError:
         pass
-    use_logits = head is not None and hasattr(head, "kernel") and hasattr(head, "bias")
-    score_out = head.input if use_logits else model.outputs[0]
-    grad_model = keras.Model(model.inputs, [fmap_out, score_out])
+    if not (head is not None and hasattr(head, "kernel") and hasattr(head, "bias")):
+        head = None
+    score_out = head.input if head is not None else model.outputs[0]
+    return keras.Model(model.inputs, [fmap_out, score_out]), head
 
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = tf.convert_to_tensor(images[start : start + batch_size])
-        with tf.GradientTape() as tape:
-            fmap, score = grad_model(x, training=False)
-            if use_logits:
-                k = tf.cast(head.kernel, score.dtype)
-                b = tf.cast(head.bias, score.dtype) if head.bias is not None else 0.0
-                logits = tf.matmul(score, k) + b
-            else:
-                logits = tf.math.log(tf.clip_by_value(score, 1e-12, 1.0))
-            if class_index is None:
-                cls = tf.argmax(logits, axis=1)
-            elif np.ndim(class_index) == 0:
-                cls = tf.fill([tf.shape(x)[0]], tf.cast(int(class_index), tf.int64))
-            else:
-                cls = tf.constant(np.asarray(class_index)[start : start + batch_size], tf.int64)
-            target = tf.gather(logits, cls, axis=1, batch_dims=1)
-        grads = tape.gradient(target, fmap)
-        weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2), keepdims=True)
-        cam = tf.nn.relu(tf.reduce_sum(weights * tf.cast(fmap, tf.float32), axis=-1))
-        cam = tf.image.resize(cam[..., None], images.shape[1:3], method="bilinear")[..., 0]
-        out.append(cam.numpy())
-    maps = np.concatenate(out) if out else np.zeros((0, *images.shape[1:3]), np.float32)
-    # Each map is scaled to its own maximum: the question is "where", not "how much".
-    peak = maps.reshape(len(maps), -1).max(axis=1) if len(maps) else np.zeros(0)
-    return maps / np.where(peak > 0, peak, 1.0)[:, None, None]
+
+def _batch_maps(grad_model, head, images: np.ndarray, class_index) -> np.ndarray:
+    """Unscaled Grad-CAM maps of one batch, upsampled to the images' size."""
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(images)
+    with tf.GradientTape() as tape:
+        fmap, score = grad_model(x, training=False)
+        if head is not None:
+            k = tf.cast(head.kernel, score.dtype)
+            b = tf.cast(head.bias, score.dtype) if head.bias is not None else 0.0
+            logits = tf.matmul(score, k) + b
+        else:
+            logits = tf.math.log(tf.clip_by_value(score, 1e-12, 1.0))
+        if class_index is None:
+            cls = tf.argmax(logits, axis=1)
+        elif np.ndim(class_index) == 0:
+            cls = tf.fill([tf.shape(x)[0]], tf.cast(int(class_index), tf.int64))
+        else:
+            cls = tf.constant(class_index, tf.int64)
+        target = tf.gather(logits, cls, axis=1, batch_dims=1)
+    grads = tape.gradient(target, fmap)
+    weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * tf.cast(fmap, tf.float32), axis=-1))
+    return tf.image.resize(cam[..., None], images.shape[1:3], method="bilinear")[..., 0].numpy()
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:

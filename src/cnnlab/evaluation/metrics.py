@@ -39,9 +39,13 @@ def compute_metrics(
     eps = 1e-12
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], eps, 1.0))))
     report = classification_report(
-        y_true, y_pred, labels=list(range(n)), target_names=class_names,
-        output_dict=True, zero_division=0,
-    )  # fmt: skip
+        y_true,
+        y_pred,
+        labels=list(range(n)),
+        target_names=class_names,
+        output_dict=True,
+        zero_division=0,
+    )
     k = min(top_k, n)
     return {
         "num_examples": int(len(y_true)),
@@ -65,17 +69,23 @@ def format_report(metrics: dict, digits: int = 3) -> str:
     lines = [head, ""]
 
     def row(name, r):
-        return (f"{name:>{width}} {r['precision']:>9.{digits}f} {r['recall']:>9.{digits}f} "
-                f"{r['f1-score']:>9.{digits}f} {int(r['support']):>9d}")  # fmt: skip
+        return (
+            f"{name:>{width}} {r['precision']:>9.{digits}f} {r['recall']:>9.{digits}f} "
+            f"{r['f1-score']:>9.{digits}f} {int(r['support']):>9d}"
+        )
 
     lines += [row(n, metrics["per_class"][n]) for n in names]
     lines.append("")
     total = metrics["num_examples"]
-    lines.append(f"{'accuracy':>{width}} {'':>9} {'':>9} {metrics['accuracy']:>9.{digits}f} {total:>9d}")
+    lines.append(
+        f"{'accuracy':>{width}} {'':>9} {'':>9} {metrics['accuracy']:>9.{digits}f} {total:>9d}"
+    )
     lines.append(row("macro avg", metrics["macro avg"]))
     lines.append(row("weighted avg", metrics["weighted avg"]))
     k = metrics["top_k"]
     lines.append("")
-    lines.append(f"loss {metrics['loss']:.4f}   accuracy {metrics['accuracy']:.4f}   "
-                 f"top{k} {metrics[f'top{k}']:.4f}   on {total} images")  # fmt: skip
+    lines.append(
+        f"loss {metrics['loss']:.4f}   accuracy {metrics['accuracy']:.4f}   "
+        f"top{k} {metrics[f'top{k}']:.4f}   on {total} images"
+    )
     return "\n".join(lines)
