@@ -20,6 +20,7 @@ frozen (``trainable=False``), which in Keras 3 also makes them run in inference
 mode: ``base(x, training=False)`` alone is not enough, because a functional
 model passes its caller's ``training=True`` on to every layer during ``fit``.
 
+The backbones themselves are the table in :mod:`cnnlab.models.pretrained.backbones`.
 Registry metadata (``get_spec(name).extra``): ``feature_width`` (channels the
 pooler outputs), ``preprocessing`` (the mode above), ``keras_module``
 (``keras.applications.<module>.preprocess_input`` is the reference), and
@@ -36,12 +37,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import keras
 from keras import layers, ops
 
 from cnnlab.errors import ModelError
+from cnnlab.models.pretrained.backbones import BACKBONES, Backbone
 from cnnlab.models.registry import register_model
 
 __all__ = [
@@ -244,253 +245,6 @@ def backbone_blocks(base, rule: str) -> list[tuple[str, list]]:
     return list(blocks.items())
 
 
-# ---------------------------------------------------------------- the table
-
-
-@dataclass(frozen=True)
-class Backbone:
-    """One registered pretrained backbone."""
-
-    name: str
-    constructor: str  # keras.applications attribute, or "lite:N"
-    family: str
-    keras_module: str  # keras.applications.<module>.preprocess_input is its reference
-    preprocessing: str
-    default_image_size: int
-    min_image_size: int
-    feature_width: int
-    block_rule: str
-    description: str
-
-
-def _table() -> list[Backbone]:
-    rows: list[Backbone] = []
-
-    def add(name, ctor, family, module, prep, size, min_size, width, rule, desc):
-        rows.append(Backbone(name, ctor, family, module, prep, size, min_size, width, rule, desc))
-
-    add("vgg16", "VGG16", "vgg", "vgg16", "caffe", 224, 32, 512, "vgg", "VGG-16 (2014), ImageNet")
-    add("vgg19", "VGG19", "vgg", "vgg19", "caffe", 224, 32, 512, "vgg", "VGG-19 (2014), ImageNet")
-    for depth in (50, 101, 152):
-        add(
-            f"resnet{depth}",
-            f"ResNet{depth}",
-            "resnet",
-            "resnet",
-            "caffe",
-            224,
-            32,
-            2048,
-            "resnet",
-            f"ResNet-{depth} (2015), ImageNet",
-        )
-        add(
-            f"resnet{depth}_v2",
-            f"ResNet{depth}V2",
-            "resnet_v2",
-            "resnet_v2",
-            "tf",
-            224,
-            32,
-            2048,
-            "resnet",
-            f"ResNet-{depth} v2, pre-activation (2016), ImageNet",
-        )
-    add(
-        "inception_v3",
-        "InceptionV3",
-        "inception_v3",
-        "inception_v3",
-        "tf",
-        299,
-        75,
-        2048,
-        "inception_v3",
-        "Inception v3 (2015), ImageNet",
-    )
-    add(
-        "inception_resnet_v2",
-        "InceptionResNetV2",
-        "inception_resnet_v2",
-        "inception_resnet_v2",
-        "tf",
-        299,
-        75,
-        1536,
-        "inception_resnet_v2",
-        "Inception-ResNet v2 (2016), ImageNet",
-    )
-    add(
-        "xception",
-        "Xception",
-        "xception",
-        "xception",
-        "tf",
-        299,
-        71,
-        2048,
-        "xception",
-        "Xception (2017), ImageNet",
-    )
-    add(
-        "mobilenet",
-        "MobileNet",
-        "mobilenet",
-        "mobilenet",
-        "tf",
-        224,
-        32,
-        1024,
-        "mobilenet",
-        "MobileNet v1, alpha 1.0 (2017), ImageNet",
-    )
-    add(
-        "mobilenet_v2",
-        "MobileNetV2",
-        "mobilenet_v2",
-        "mobilenet_v2",
-        "tf",
-        224,
-        32,
-        1280,
-        "mobilenet_v2",
-        "MobileNet v2, alpha 1.0 (2018), ImageNet",
-    )
-    add(
-        "mobilenet_v3_small",
-        "MobileNetV3Small",
-        "mobilenet_v3",
-        "mobilenet_v3",
-        "none",
-        224,
-        32,
-        576,
-        "mobilenet_v3",
-        "MobileNet v3 Small (2019), ImageNet",
-    )
-    add(
-        "mobilenet_v3_large",
-        "MobileNetV3Large",
-        "mobilenet_v3",
-        "mobilenet_v3",
-        "none",
-        224,
-        32,
-        960,
-        "mobilenet_v3",
-        "MobileNet v3 Large (2019), ImageNet",
-    )
-    for depth, width in ((121, 1024), (169, 1664), (201, 1920)):
-        add(
-            f"densenet{depth}",
-            f"DenseNet{depth}",
-            "densenet",
-            "densenet",
-            "torch",
-            224,
-            32,
-            width,
-            "densenet",
-            f"DenseNet-{depth} (2017), ImageNet",
-        )
-    sizes = (224, 240, 260, 300, 380, 456, 528, 600)
-    widths = (1280, 1280, 1408, 1536, 1792, 2048, 2304, 2560)
-    for i, (size, width) in enumerate(zip(sizes, widths)):
-        add(
-            f"efficientnet_b{i}",
-            f"EfficientNetB{i}",
-            "efficientnet",
-            "efficientnet",
-            "none",
-            size,
-            32,
-            width,
-            "efficientnet",
-            f"EfficientNet-B{i} (2019), ImageNet",
-        )
-    for variant, ctor, size, width in (
-        ("b0", "B0", 224, 1280),
-        ("b1", "B1", 240, 1280),
-        ("b2", "B2", 260, 1408),
-        ("b3", "B3", 300, 1536),
-        ("s", "S", 384, 1280),
-        ("m", "M", 480, 1280),
-        ("l", "L", 480, 1280),
-    ):
-        add(
-            f"efficientnet_v2_{variant}",
-            f"EfficientNetV2{ctor}",
-            "efficientnet_v2",
-            "efficientnet_v2",
-            "none",
-            size,
-            32,
-            width,
-            "efficientnet",
-            f"EfficientNetV2-{ctor} (2021), ImageNet",
-        )
-    for size_name, width in (
-        ("tiny", 768),
-        ("small", 768),
-        ("base", 1024),
-        ("large", 1536),
-        ("xlarge", 2048),
-    ):
-        add(
-            f"convnext_{size_name}",
-            f"ConvNeXt{size_name.capitalize().replace('large', 'Large')}",
-            "convnext",
-            "convnext",
-            "none",
-            224,
-            32,
-            width,
-            "convnext",
-            f"ConvNeXt-{size_name.capitalize()} (2022), ImageNet",
-        )
-    add(
-        "nasnet_mobile",
-        "NASNetMobile",
-        "nasnet",
-        "nasnet",
-        "tf",
-        224,
-        32,
-        1056,
-        "nasnet",
-        "NASNet-A Mobile (2018), ImageNet",
-    )
-    add(
-        "nasnet_large",
-        "NASNetLarge",
-        "nasnet",
-        "nasnet",
-        "tf",
-        331,
-        32,
-        4032,
-        "nasnet",
-        "NASNet-A Large (2018), ImageNet",
-    )
-    for v, size in ((0, 224), (1, 240), (2, 260)):
-        add(
-            f"efficientnet_lite{v}",
-            f"lite:{v}",
-            "efficientnet_lite",
-            "",
-            "none",
-            size,
-            32,
-            1280,
-            "efficientnet",
-            f"EfficientNet-Lite{v} (2020), ImageNet converted from PyPI",
-        )
-    return rows
-
-
-BACKBONES: dict[str, Backbone] = {b.name: b for b in _table()}
-
-
 # ---------------------------------------------------------------- building
 
 
@@ -556,9 +310,7 @@ def build_classifier(
     if bb.constructor.startswith("lite:"):
         from cnnlab.models.pretrained.efficientnet_lite import efficientnet_lite
 
-        lite_weights = (
-            None if path is None and not _is_imagenet(weights) else (path or "imagenet")
-        )
+        lite_weights = None if path is None and not _is_imagenet(weights) else (path or "imagenet")
         base = efficientnet_lite(
             int(bb.constructor[5:]),
             include_top=False,

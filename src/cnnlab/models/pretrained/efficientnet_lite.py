@@ -235,6 +235,36 @@ def _resolve_input_shape(
     return shape  # type: ignore[return-value]
 
 
+def _check_arguments(weights, is_imagenet: bool, pooling, include_top: bool, classes) -> None:
+    """:func:`efficientnet_lite`'s argument checks, each failure named."""
+    if weights is not None and not is_imagenet and not isinstance(weights, (str, os.PathLike)):
+        raise ModelError(
+            f"weights={weights!r} is not understood",
+            expected='None, "imagenet" or the path of a .weights.h5 file',
+        )
+    if pooling not in (None, "avg", "max"):
+        raise ModelError(f"pooling={pooling!r} is not supported", expected='None, "avg" or "max"')
+    if include_top and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
+        raise ModelError(f"classes={classes!r} is not a positive integer", expected="an int >= 1")
+    if is_imagenet and include_top and classes != 1000:
+        raise ModelError(
+            f"the ImageNet top has 1000 classes, not classes={classes}",
+            expected="classes=1000 with include_top=True and weights='imagenet'",
+            fix="Use include_top=False and add your own classifier on top",
+        )
+
+
+def _weights_path(variant: int, weights, is_imagenet: bool) -> pathlib.Path | None:
+    """The weights file to load: the cached (converted on first use) ImageNet one, or the
+    given path. Found before building, so a missing package fails fast with its fix."""
+    if is_imagenet:
+        path = cached_weights_path(variant)
+        if not path.is_file():
+            convert_weights(variant, path)
+        return path
+    return None if weights is None else pathlib.Path(weights).expanduser()
+
+
 def efficientnet_lite(
     variant: int = 0,
     *,
@@ -279,31 +309,9 @@ def efficientnet_lite(
     _check_variant(variant)
     _, _, default_size, dropout = LITE_SPECS[variant]
     is_imagenet = isinstance(weights, str) and weights == "imagenet"
-    if weights is not None and not is_imagenet and not isinstance(weights, (str, os.PathLike)):
-        raise ModelError(
-            f"weights={weights!r} is not understood",
-            expected='None, "imagenet" or the path of a .weights.h5 file',
-        )
-    if pooling not in (None, "avg", "max"):
-        raise ModelError(f"pooling={pooling!r} is not supported", expected='None, "avg" or "max"')
-    if include_top and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
-        raise ModelError(f"classes={classes!r} is not a positive integer", expected="an int >= 1")
-    if is_imagenet and include_top and classes != 1000:
-        raise ModelError(
-            f"the ImageNet top has 1000 classes, not classes={classes}",
-            expected="classes=1000 with include_top=True and weights='imagenet'",
-            fix="Use include_top=False and add your own classifier on top",
-        )
-
+    _check_arguments(weights, is_imagenet, pooling, include_top, classes)
     shape = _resolve_input_shape(input_shape, include_top, default_size)
-    weights_path: pathlib.Path | None = None
-    if is_imagenet:
-        # Before building, so a missing package fails fast with its fix.
-        weights_path = cached_weights_path(variant)
-        if not weights_path.is_file():
-            convert_weights(variant, weights_path)
-    elif weights is not None:
-        weights_path = pathlib.Path(weights).expanduser()
+    weights_path = _weights_path(variant, weights, is_imagenet)
 
     inputs = keras.Input(shape=shape, name="image")
     # Rescaling(1/std, -mean/std) == (x - mean) / std, with no weights to save.
