@@ -192,3 +192,85 @@ def test_check_before_training(leaky, tmp_path, caplog):
     assert "duplicate pair(s) across splits (leakage)" in caplog.text
     assert (tmp_path / "inspect.json").is_file() and (tmp_path / "leakage.csv").is_file()
     assert check_before_training(load_data("builtin:digits")) is None  # in memory: nothing to check
+
+
+# --------------------------------------------------------------------------- near-duplicate search
+def planted_hashes(n: int, max_distance: int, seed: int) -> tuple[np.ndarray, set[tuple[int, int]]]:
+    """Random 63-bit hashes with planted near copies (0 to d + 2 bits away, some sharing one
+    value many times) and the pairs within ``max_distance`` that the planting guarantees."""
+    rng = np.random.default_rng(seed)
+    h = rng.integers(0, 1 << 63, n, dtype=np.uint64)
+    planted = set()
+    for _ in range(n // 10):
+        src, dst = rng.choice(n, 2, replace=False)
+        flips = rng.choice(63, rng.integers(0, max_distance + 3), replace=False)
+        h[dst] = h[src] ^ np.uint64(sum(1 << int(b) for b in flips))
+        planted.add((int(min(src, dst)), int(max(src, dst)), len(flips)))
+    h[rng.choice(n, 12, replace=False)] = h[0]  # a blank image and its eleven twins
+    return h, planted
+
+
+@pytest.mark.parametrize("max_distance", [0, 3, 10, 14])
+def test_indexed_search_finds_exactly_the_exhaustive_pairs(max_distance):
+    from cnnlab.data.inspect.hamming import MultiIndex, _probes, chunk_plan, hamming_pairs
+
+    hashes, planted = planted_hashes(3000, max_distance, seed=max_distance)
+    ref_i, ref_j, ref_d = hamming_pairs(hashes, max_distance, method="exhaustive")
+    reference = set(zip(ref_i.tolist(), ref_j.tolist(), ref_d.tolist()))
+    # The reference itself finds every planted copy that stayed within reach.
+    surviving = {
+        (i, j, d)
+        for i, j, d in planted
+        if int(np.bitwise_count(hashes[i] ^ hashes[j])) == d <= max_distance
+    }
+    assert surviving and surviving <= reference
+    assert len(reference) >= 66  # the twelve identical hashes alone give 66 pairs
+    assert all(i < j for i, j, _ in reference)
+    for chunks in sorted({2, 3, 4, 6, max(2, max_distance + 1)}):
+        if sum(_probes(b, r) for _, b, r in chunk_plan(max_distance, chunks)) > 5000:
+            continue  # feasible but needlessly slow (thousands of probes per query)
+        index = MultiIndex(hashes, max_distance, chunks=chunks)
+        i, j, d = index.search(0, len(hashes))
+        assert (i.tolist(), j.tolist(), d.tolist()) == (
+            ref_i.tolist(),
+            ref_j.tolist(),
+            ref_d.tolist(),
+        ), f"{chunks} chunks"
+    i, j, d = hamming_pairs(hashes, max_distance, method="index")
+    assert np.array_equal(i, ref_i) and np.array_equal(j, ref_j) and np.array_equal(d, ref_d)
+
+
+def test_indexed_search_in_small_pieces_and_blocks(monkeypatch):
+    """Bounded memory: candidates expanded a few at a time, queries block by block."""
+    from cnnlab.data.inspect import hamming
+
+    hashes, _ = planted_hashes(2000, 10, seed=7)
+    ref = hamming.hamming_pairs(hashes, 10, method="exhaustive")
+    monkeypatch.setattr(hamming, "_MAX_CANDIDATES", 7)
+    index = hamming.MultiIndex(hashes, 10, chunks=4)
+    blocks = [index.search(s, min(2000, s + 333)) for s in range(0, 2000, 333)]
+    got = [np.concatenate(parts) for parts in zip(*blocks)]
+    assert all(np.array_equal(a, b) for a, b in zip(ref, got))
+
+
+def test_near_duplicate_pairs_same_with_either_search(leaky):
+    """The dataset check's near pairs on the leaky folder are the same with both searches."""
+    from cnnlab.data.inspect import near_duplicate_pairs
+    from cnnlab.data.inspect.files import examine_file
+
+    root, _ = leaky
+    paths = sorted(str(p) for p in root.rglob("*.*"))
+    thumbs = np.stack([examine_file(p, True)[1] for p in paths])
+    hashes = phash(thumbs)
+    exhaustive = near_duplicate_pairs(hashes, thumbs, method="exhaustive")
+    indexed = near_duplicate_pairs(hashes, thumbs, method="index")
+    assert indexed == exhaustive and len(exhaustive[0]) >= 4 and not exhaustive[1]
+    capped = near_duplicate_pairs(hashes, thumbs, method="index", max_pairs=2)
+    assert capped == (exhaustive[0][:2], True)
+
+
+def test_search_method_is_checked():
+    from cnnlab.data.inspect.hamming import hamming_pairs
+
+    with pytest.raises(ValueError, match="method must be 'auto', 'exhaustive' or 'index', not 'x'"):
+        hamming_pairs(np.zeros(3, np.uint64), 2, method="x")

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from cnnlab.data.inspect.files import THUMB
+from cnnlab.data.inspect.hamming import block_search
 
 # Hamming distance (of 63 bits; always even) up to which two hashes are candidates.
 # Copies, resized (x0.5 to x2) or re-encoded (JPEG quality 60) stay within 0-2 bits;
@@ -71,27 +72,26 @@ def near_duplicate_pairs(
     max_difference: float = DEFAULT_PIXEL_DIFFERENCE,
     max_pairs: int = MAX_PAIRS,
     workers: int = 2,
+    method: str = "auto",
 ) -> tuple[list[tuple[int, int, int, float]], bool]:
     """All pairs ``(i, j, hash distance, pixel difference)`` with ``i < j`` that are near duplicates.
 
-    Brute force over the upper triangle, in blocks (NumPy's XOR and popcount
-    release the GIL, so blocks run in parallel threads). Returns the pairs and
-    whether the search stopped at ``max_pairs``.
+    The hash pairs come from :mod:`~cnnlab.data.inspect.hamming` (``method``:
+    ``"exhaustive"``, ``"index"`` for multi-index hashing, or ``"auto"``: the
+    cheaper by estimate; both find the same pairs), block by block of queries
+    in parallel threads; each block's pairs are confirmed on the thumbnails.
+    Returns the pairs, sorted by ``(i, j)``, and whether the search stopped at
+    ``max_pairs``.
     """
     n = len(hashes)
     norm = _normalised(thumbs)
     means = thumbs.reshape(n, -1).mean(axis=1)
-    block = 512
+    search, block, _ = block_search(hashes, max_distance, method)
 
-    def search(start: int):
-        blk = hashes[start : start + block]
-        dist = np.bitwise_count(blk[:, None] ^ hashes[None, start:])
-        ii, jj = np.nonzero(dist <= max_distance)
-        keep = jj > ii  # upper triangle (the block's diagonal part included once)
-        ii, jj = ii[keep] + start, jj[keep] + start
+    def confirm(start: int) -> list[tuple[int, int, int, float]]:
+        ii, jj, d = search(start, min(n, start + block))
         if len(ii) == 0:
             return []
-        d = dist[ii - start, jj - start]
         diff = np.abs(norm[ii] - norm[jj]).mean(axis=1)
         # Same structure but a different overall brightness is a different picture
         # (a night and a day shot); a re-encoded copy keeps its mean within a few levels.
@@ -102,9 +102,8 @@ def near_duplicate_pairs(
 
     pairs: list[tuple[int, int, int, float]] = []
     truncated = False
-    starts = range(0, n, block)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for found in pool.map(search, starts):
+        for found in pool.map(confirm, range(0, n, block)):
             pairs += found
             if len(pairs) > max_pairs:
                 truncated = True
