@@ -31,7 +31,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny")
     data = learnable_folder(root / "images")
-    result = cnnlab.train(data=f"folder:{data}", output=str(root / "runs"), name="tiny", **TINY)
+    result = cnnlab.train(data=f"folder:{data}", runs_dir=str(root / "runs"), name="tiny", **TINY)
     return result.run_dir
 
 
@@ -43,7 +43,7 @@ def digits_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("digits")
     result = cnnlab.train(
         data="builtin:digits",
-        output=str(root / "runs"),
+        runs_dir=str(root / "runs"),
         name="digits",
         **{**TINY, "epochs": 1, "batch_size": 64},
     )
