@@ -1,5 +1,6 @@
 """The CLI as a user runs it: help, errors as one paragraph, train → evaluate → predict."""
 
+import json
 import os
 import subprocess
 import sys
@@ -151,6 +152,11 @@ def test_an_old_style_config_still_trains_and_is_written_back_in_new_names(
         "constant",
     )
     assert load_model(runs / "old" / "model.keras").get_layer("stem_conv").filters == 4
+    # data.json names things as the config and the Python API do
+    summary = json.loads((runs / "old" / "data.json").read_text())
+    assert summary["data"] == f"folder:{image_folder}"
+    assert summary["class_names"] == ["circle", "square"]
+    assert "spec" not in summary and "classes" not in summary
     # The deprecated flag: same warning, same meaning.
     code = main(
         [

@@ -142,14 +142,16 @@ class DataBundle:
         return self.dataset("test")
 
     def summary(self) -> dict:
+        """What ``data.json`` holds; its keys are the config's and the bundle's names (``data``
+        as in ``--data``, ``class_names``; before 0.2 they were ``spec`` and ``classes``)."""
         counts = {}
         for s in SPLITS:
             labels = self.examples(s)["labels"]
             c = np.bincount(labels, minlength=self.num_classes)
             counts[s] = {n: int(v) for n, v in zip(self.class_names, c)}
         return {
-            "spec": self.source.spec,
-            "classes": self.class_names,
+            "data": self.source.spec,
+            "class_names": self.class_names,
             "num_classes": self.num_classes,
             "image_size": list(self.image_size),
             "channels": self.channels,
