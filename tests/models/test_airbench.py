@@ -6,15 +6,10 @@ import keras
 import numpy as np
 import pytest
 
-from cnnlab.models.saving import load_model, save_model
 from cnnlab.models import create_model
-from cnnlab.models.scratch.airbench import (
-    DiracInit,
-    PatchWhitening,
-    TTAViews,
-    init_whitening,
-    tta_weights,
-)
+from cnnlab.models.saving import load_model, save_model
+from cnnlab.models.scratch.airbench import init_whitening
+from cnnlab.nn.layers import DiracInit, PatchWhitening, TTAViews, tta_weights
 
 
 def correlated_images(n=64, size=12, seed=0):
@@ -22,7 +17,9 @@ def correlated_images(n=64, size=12, seed=0):
     rng = np.random.default_rng(seed)
     base = rng.normal(size=(n, size // 2, size // 2, 1))
     base = np.repeat(np.repeat(base, 2, axis=1), 2, axis=2)
-    x = np.concatenate([base, 0.8 * base, 0.6 * base], axis=-1) + 0.05 * rng.normal(size=(n, size, size, 3))
+    x = np.concatenate([base, 0.8 * base, 0.6 * base], axis=-1) + 0.05 * rng.normal(
+        size=(n, size, size, 3)
+    )
     return x.astype(np.float32)
 
 
@@ -38,7 +35,9 @@ def test_whitening_layer_whitens_patches():
     np.testing.assert_allclose(cov, np.eye(12), atol=0.05)
     np.testing.assert_allclose(y[..., 12:], -y[..., :12], atol=1e-5)
     # Before adapting, the input patches themselves are covariate, not white.
-    raw = np.stack([x[:, i:i + 11, j:j + 11] for i in range(2) for j in range(2)], 3).reshape(-1, 12)
+    raw = np.stack([x[:, i : i + 11, j : j + 11] for i in range(2) for j in range(2)], 3).reshape(
+        -1, 12
+    )
     assert np.abs(np.corrcoef(raw.T) - np.eye(12)).max() > 0.5
 
 
@@ -50,7 +49,9 @@ def test_dirac_init_is_identity_in_first_filters():
     assert np.abs(w[..., 4:]).max() > 0  # the rest keep their random init
 
 
-@pytest.mark.parametrize("level,flip,n_views", [(0, True, 1), (1, True, 2), (2, True, 6), (2, False, 3)])
+@pytest.mark.parametrize(
+    "level,flip,n_views", [(0, True, 1), (1, True, 2), (2, True, 6), (2, False, 3)]
+)
 def test_tta_views_are_the_intended_ones(level, flip, n_views):
     x = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4, 1)
     layer = TTAViews(level, flip)
@@ -80,8 +81,10 @@ def test_model_prediction_is_the_weighted_average_of_view_logits():
     logit_model = keras.Model(plain.input, plain.get_layer("head_scale").output)
     w_out = model.get_layer("predictions").kernel.numpy()
     views = TTAViews(2, True).views(keras.ops.convert_to_tensor(x))
-    logits = sum(wt * (keras.ops.convert_to_numpy(logit_model(v, training=False)) @ w_out)
-                 for wt, v in zip(tta_weights(2), views))
+    logits = sum(
+        wt * (keras.ops.convert_to_numpy(logit_model(v, training=False)) @ w_out)
+        for wt, v in zip(tta_weights(2), views)
+    )
     expected = np.exp(logits - logits.max(1, keepdims=True))
     expected /= expected.sum(1, keepdims=True)
     np.testing.assert_allclose(probs, expected, atol=1e-4)
@@ -93,8 +96,10 @@ def test_airbench_trains_saves_and_reloads(tmp_path):
     x = rng.uniform(0, 255, (16, 16, 16, 3)).astype(np.float32)
     assert init_whitening(model, x)
     y = keras.utils.to_categorical(np.arange(16) % 2, 2)
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.85, nesterov=True),
-                  loss="categorical_crossentropy")
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.85, nesterov=True),
+        loss="categorical_crossentropy",
+    )
     before = model.get_layer("whiten").kernel.numpy().copy()
     loss = model.train_on_batch(x, y)
     assert np.isfinite(loss)

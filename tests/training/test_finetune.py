@@ -22,12 +22,9 @@ from cnnlab.models.pretrained.applications import (
     get_backbone,
     make_backbone,
 )
-from cnnlab.training.finetune import (
-    LAYERWISE,
-    fine_tune,
-    resolve_finetune_config,
-    unfrozen_block_count,
-)
+from cnnlab.nn.optimizers import LAYERWISE
+from cnnlab.training.finetune import resolve_finetune_config, unfrozen_block_count
+from cnnlab.workflows import fine_tune
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +74,8 @@ class _Watch(keras.callbacks.Callback):
 def test_two_stages_keep_batchnorm_frozen_and_the_run_reloads(
     flowers, runs_dir, backbone_weights, caplog
 ):
-    from cnnlab.models.saving import load_model
     from cnnlab.models import create_model
+    from cnnlab.models.saving import load_model
 
     caplog.set_level(logging.INFO, logger="cnnlab")
     reference = create_model("mobilenet", 3, 32, weights=str(backbone_weights))
@@ -96,7 +93,7 @@ def test_two_stages_keep_batchnorm_frozen_and_the_run_reloads(
         epochs=2,
         unfreeze="1",
         feature_cache="off",
-        output=str(runs_dir),
+        runs_dir=str(runs_dir),
         verbose=1,
         callbacks=[watch],
     )
@@ -166,9 +163,9 @@ def test_stage2_never_leaves_the_model_worse_and_the_cli_reports_both(
             "2",
             "--unfreeze",
             "all",
-            "--stage2-lr",
+            "--stage2-learning-rate",
             "50",
-            "--output",
+            "--runs-dir",
             str(runs_dir),
             "-q",
         ]
@@ -202,18 +199,18 @@ def test_fine_tune_config_defaults_and_errors():
 
 
 def test_scratch_models_are_refused_and_weights_checked_before_data(tmp_path, monkeypatch):
-    from cnnlab.models.pretrained import weights as weights_mod
-
     with pytest.raises(
         ModelError, match="fine_tune needs a pretrained backbone; received model=simple_cnn"
     ):
         fine_tune(model="simple_cnn", data="folder:/nowhere")
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
     monkeypatch.setenv("CNNLAB_OFFLINE", "1")
-    with pytest.raises(WeightsError, match="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"):
-        fine_tune(model="resnet50", data="folder:/nowhere", output=str(tmp_path / "runs"))
+    with pytest.raises(
+        WeightsError, match="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    ) as raised:
+        fine_tune(model="resnet50", data="folder:/nowhere", runs_dir=str(tmp_path / "runs"))
+    assert str(tmp_path / "empty" / "models") in str(raised.value)  # where it looked, named
     assert not (tmp_path / "runs").exists()  # nothing was created
-    assert weights_mod.cache_dir() == tmp_path / "empty" / "models"
 
 
 def test_layerwise_rates_scale_each_variable_and_survive_saving():
@@ -245,8 +242,8 @@ def test_lr_find_sweeps_the_head_and_suggests_a_rate(flowers, tmp_path, backbone
         image_size=32,
         batch_size=8,
         num_steps=40,
-        start_lr=1e-5,
-        end_lr=10.0,
+        start_learning_rate=1e-5,
+        end_learning_rate=10.0,
         output_dir=tmp_path / "lr",
         verbose=1,
     )
@@ -259,13 +256,10 @@ def test_lr_find_sweeps_the_head_and_suggests_a_rate(flowers, tmp_path, backbone
 
 
 def test_finetune_config_accepts_train_aliases_and_refuses_typos(tmp_path):
-    from cnnlab.errors import ConfigError
-    from cnnlab.training.finetune import resolve_finetune_config
-
     path = tmp_path / "ft.yaml"
-    path.write_text("lr: 0.01\nstage2-lr: 0.001\n")
+    path.write_text("lr: 0.01\nstage2-learning-rate: 0.001\n")
     cfg, opts = resolve_finetune_config(path)
-    assert cfg.learning_rate == 0.01 and opts.stage2_lr == 0.001
+    assert cfg.learning_rate == 0.01 and opts.stage2_learning_rate == 0.001
     path.write_text("unfreez: 2\n")
     with pytest.raises(ConfigError, match="Unknown config key 'unfreez'.*Did you mean: unfreeze"):
         resolve_finetune_config(path)
@@ -277,11 +271,154 @@ def test_fine_tune_scores_the_test_folder_beside_train(make_folder, runs_dir, ba
     classes = ("red", "green", "blue")
     train_dir = make_folder("petals/train", classes=classes, per_class=8, size=32)
     test_dir = make_folder("petals/test", classes=classes[:2], per_class=3, size=32, seed=2)
-    result = fine_tune(data=f"folder:{train_dir}", weights=str(backbone_weights), image_size=32,
-                       batch_size=8, freeze_epochs=1, epochs=1, unfreeze="1", output=str(runs_dir),
-                       verbose=0)  # fmt: skip
+    result = fine_tune(
+        data=f"folder:{train_dir}",
+        weights=str(backbone_weights),
+        image_size=32,
+        batch_size=8,
+        freeze_epochs=1,
+        epochs=1,
+        unfreeze="1",
+        runs_dir=str(runs_dir),
+        verbose=0,
+    )
     assert result.config.test_data == f"folder:{test_dir}" and result.config.test_split == 0.0
     test = result.metrics["test"]
     assert test["num_examples"] == 6 and test["data"] == f"folder:{test_dir}"
     with open(result.run_dir / "split.csv", newline="") as f:
         assert not any(r["split"] == "test" for r in csv.DictReader(f))
+
+
+# ---------------------------------------------------------------- train and fine_tune agree
+def _run_both(folder, runs_dir, backbone_weights, **split):
+    import cnnlab
+
+    common = dict(
+        data=f"folder:{folder}", image_size=32, batch_size=8, epochs=1, verbose=1, **split
+    )
+    trained = cnnlab.train(
+        model="simple_cnn",
+        model_kwargs={"filters": [8], "dense": [8]},
+        runs_dir=str(runs_dir / "train"),
+        **common,
+    )
+    tuned = fine_tune(
+        weights=str(backbone_weights),
+        freeze_epochs=1,
+        unfreeze="1",
+        runs_dir=str(runs_dir / "finetune"),
+        **common,
+    )
+    return trained, tuned
+
+
+def test_fine_tune_result_report_is_the_written_report(flowers, runs_dir, backbone_weights):
+    result = fine_tune(
+        data=f"folder:{flowers}",
+        weights=str(backbone_weights),
+        image_size=32,
+        batch_size=8,
+        freeze_epochs=1,
+        epochs=1,
+        unfreeze="1",
+        test_split=0.25,
+        runs_dir=str(runs_dir),
+        verbose=0,
+    )
+    assert result.report == result.run_dir / "report.html"
+    assert result.report.is_file() and "test split" in result.report.read_text()
+    assert (result.run_dir / "report.json").is_file()
+
+
+def test_without_a_test_split_train_and_fine_tune_both_report_the_validation_split(
+    flowers, runs_dir, backbone_weights
+):
+    trained, tuned = _run_both(flowers, runs_dir, backbone_weights, test_split=0, val_split=0.25)
+    expected = f"folder:{flowers} (validation split: the run has no test set)"
+    for result in (trained, tuned):
+        run = result.run_dir
+        assert "test" not in result.metrics and result.test_accuracy is None
+        assert result.metrics["val"]["data"] == expected
+        assert result.metrics["val"]["num_examples"] == 12  # a quarter of 48 images
+        assert (run / "evaluation-val" / "metrics.json").is_file()
+        assert result.report == run / "report.html" and "val split" in result.report.read_text()
+    assert set(trained.metrics["val"]) == set(tuned.metrics["val"])
+
+
+def test_without_held_out_data_train_and_fine_tune_both_log_how_to_get_a_report(
+    flowers, runs_dir, backbone_weights, caplog
+):
+    caplog.set_level(logging.INFO, logger="cnnlab")
+    trained, tuned = _run_both(flowers, runs_dir, backbone_weights, test_split=0, val_split=0)
+    for result in (trained, tuned):
+        assert result.report is None and result.evaluation is None
+        assert not (result.run_dir / "report.html").exists()
+        assert {"test", "val"}.isdisjoint(result.metrics)
+        assert (
+            "No test or validation split, so no report yet: "
+            f"`cnnlab evaluate {result.run_dir} --data folder:TEST`"
+        ) in caplog.text
+    assert "could not be written" not in caplog.text
+
+
+# ---------------------------------------------------------------- cnnlab lr-find
+def test_lr_find_cli_writes_the_sweep_and_prints_the_suggestion(image_folder, runs_dir, capsys):
+    import json
+
+    from cnnlab.cli.main import main
+
+    code = main(
+        [
+            "lr-find",
+            "--data",
+            f"folder:{image_folder}",
+            "--model",
+            "simple_cnn",
+            "--model-kwargs",
+            "filters=[8] dense=[8]",
+            "-b",
+            "8",
+            "--steps",
+            "12",
+            "--start-learning-rate",
+            "1e-4",
+            "--end-learning-rate",
+            "0.01",
+            "--runs-dir",
+            str(runs_dir),
+            "-q",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    (folder,) = runs_dir.iterdir()
+    assert folder.name.endswith("-lr-find-simple_cnn-16")
+    assert f"plot: {folder / 'lr_find.png'}" in out
+    sweep = json.loads((folder / "lr_find.json").read_text())
+    assert sweep["stage"] == "full" and sweep["model"] == "simple_cnn"
+    assert (sweep["start_lr"], sweep["end_lr"]) == (1e-4, 0.01)
+    assert sweep["steps_run"] == 12 and sweep["batch_size"] == 8
+    with open(folder / "lr_find.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 12 and float(rows[0]["learning_rate"]) == pytest.approx(1e-4)
+    assert float(rows[-1]["learning_rate"]) == pytest.approx(0.01)
+    if sweep["suggestion"] is None:
+        assert "no suggestion: the sweep was too short" in out
+    else:
+        assert f"suggested learning rate: {sweep['suggestion']:.3g}" in out
+
+
+def test_lr_find_refuses_a_bad_range_before_loading_anything(tmp_path):
+    import cnnlab
+
+    with pytest.raises(
+        ConfigError,
+        match=r"Bad learning-rate range: received 1.0 to 0.1.*"
+        r"0 < start_learning_rate < end_learning_rate",
+    ):
+        cnnlab.lr_find(
+            data="folder:/nowhere",
+            model="simple_cnn",
+            start_learning_rate=1.0,
+            end_learning_rate=0.1,
+        )

@@ -13,11 +13,13 @@ from cnnlab.config import TrainConfig
 from cnnlab.data.augment import Augmenter, AugmentOptions, random_crops
 from cnnlab.data.pipeline import make_dataset
 from cnnlab.errors import ConfigError
+from cnnlab.nn.optimizers import make_optimizer
+from cnnlab.nn.schedules import LinearWarmupDecay
 from cnnlab.training import recipes
 
 
 def test_schedule_warms_up_then_decays_linearly():
-    s = recipes.LinearWarmupDecay(2.0, total_steps=100, warmup_steps=23)
+    s = LinearWarmupDecay(2.0, total_steps=100, warmup_steps=23)
     lr = np.array([float(s(t)) for t in range(101)])
     assert lr[0] == pytest.approx(0.4)  # starts at 0.2 x peak
     assert lr[23] == pytest.approx(2.0)  # peak at the end of warm-up
@@ -25,7 +27,7 @@ def test_schedule_warms_up_then_decays_linearly():
     assert np.all(np.diff(lr[:24]) > 0) and np.all(np.diff(lr[23:]) < 0)
     np.testing.assert_allclose(np.diff(lr[:23]), np.diff(lr[:23])[0], rtol=1e-4)  # linear up
     np.testing.assert_allclose(np.diff(lr[23:]), np.diff(lr[23:])[0], rtol=1e-4)  # linear down
-    again = recipes.LinearWarmupDecay.from_config(s.get_config())
+    again = LinearWarmupDecay.from_config(s.get_config())
     assert float(again(50)) == pytest.approx(float(s(50)))
 
 
@@ -42,8 +44,9 @@ def test_fast_weight_decay_shrinks_weights_as_fast_as_airbench94():
         w_pt -= lr_pt * (g + momentum * buf)
     cfg, _ = recipes.apply_recipe(TrainConfig(recipe="fast"), set(), (32, 32), 50_000)
     assert cfg.batch_size == batch
-    opt = keras.optimizers.SGD(cfg.learning_rate, momentum=cfg.momentum, nesterov=True,
-                               weight_decay=cfg.weight_decay)
+    # cnnlab's optimizer for the recipe's config, at its peak rate (the schedule's 1x).
+    opt = make_optimizer(cfg, learning_rate=cfg.learning_rate)
+    assert type(opt).__name__ == "SGD" and opt.nesterov and opt.momentum == 0.85
     v = keras.Variable(np.ones(4, np.float32))
     for _ in range(200):
         opt.apply_gradients([(keras.ops.zeros(4), v)])
@@ -62,14 +65,22 @@ def test_fast_fills_only_keys_not_given():
     cfg = TrainConfig(recipe="fast", epochs=4, data="folder:x")
     cfg2, applied = recipes.apply_recipe(cfg, {"epochs", "data", "recipe"}, (32, 32), 50_000)
     assert cfg2.recipe == "fast" and cfg2.epochs == 4 and "epochs" not in applied
-    assert (cfg2.model, cfg2.optimizer, cfg2.schedule, cfg2.batch_size) == ("airbench", "sgd", "linear", 1024)
+    assert (cfg2.model, cfg2.optimizer, cfg2.schedule, cfg2.batch_size) == (
+        "airbench",
+        "sgd",
+        "linear",
+        1024,
+    )
     assert cfg2.label_smoothing == 0.2 and cfg2.flip == "alternating" and cfg2.random_crop == 2
     assert cfg2.warmup_epochs == pytest.approx(0.92)
     assert cfg2.model_kwargs == {"width": recipes.FAST["width"]}
     # Given keys win, model_kwargs merge over the recipe's.
-    cfg = TrainConfig(recipe="fast", batch_size=128, learning_rate=0.3, model_kwargs={"tta": 1},
-                      data="folder:x")
-    cfg3, _ = recipes.apply_recipe(cfg, {"batch_size", "learning_rate", "model_kwargs"}, (32, 32), 50_000)
+    cfg = TrainConfig(
+        recipe="fast", batch_size=128, learning_rate=0.3, model_kwargs={"tta": 1}, data="folder:x"
+    )
+    cfg3, _ = recipes.apply_recipe(
+        cfg, {"batch_size", "learning_rate", "model_kwargs"}, (32, 32), 50_000
+    )
     assert cfg3.batch_size == 128 and cfg3.learning_rate == 0.3
     assert cfg3.model_kwargs == {"width": recipes.FAST["width"], "tta": 1}
 
@@ -81,9 +92,15 @@ def test_auto_is_fast_for_small_images_only_and_leaves_digits_alone():
     fast, _ = recipes.apply_recipe(TrainConfig(data="builtin:mnist"), {"data"}, (28, 28), 54_000, 1)
     assert fast.recipe == "fast" and fast.flip == "none"  # no mirrored digits
     # Grayscale gets the lighter default, colour the wider and longer one.
-    assert (fast.model_kwargs["width"], fast.epochs) == (recipes.FAST_GRAY["width"], recipes.FAST_GRAY["epochs"])
+    assert (fast.model_kwargs["width"], fast.epochs) == (
+        recipes.FAST_GRAY["width"],
+        recipes.FAST_GRAY["epochs"],
+    )
     colour, _ = recipes.apply_recipe(TrainConfig(data="folder:x"), {"data"}, (32, 32), 50_000, 3)
-    assert (colour.model_kwargs["width"], colour.epochs) == (recipes.FAST["width"], recipes.FAST["epochs"])
+    assert (colour.model_kwargs["width"], colour.epochs) == (
+        recipes.FAST["width"],
+        recipes.FAST["epochs"],
+    )
     assert recipes.FAST_GRAY["width"] < recipes.FAST["width"]
     assert fast.model_kwargs["tta_flip"] is False
     chosen, _ = recipes.apply_recipe(TrainConfig(model="resnet20"), {"model"}, (32, 32), 50_000)
@@ -92,7 +109,10 @@ def test_auto_is_fast_for_small_images_only_and_leaves_digits_alone():
 
 def test_explicit_keys_reads_overrides_dicts_and_aliases():
     assert recipes.explicit_keys({"epochs": 3, "lr": 0.1}, {"batch_size": 8, "seed": None}) == {
-        "epochs", "learning_rate", "batch_size"}
+        "epochs",
+        "learning_rate",
+        "batch_size",
+    }
     assert recipes.explicit_keys(TrainConfig(epochs=3), None) == {"epochs"}
 
 
@@ -107,8 +127,16 @@ def test_alternating_flip_flips_each_image_every_other_epoch():
     images[:, :, 0] = 200  # bright left column: mirrored images have it on the right
     images[:, 0, 1, 0] = np.arange(n)  # tag each image with its index
     aug = Augmenter(AugmentOptions(flip="alternating"), (4, 4), 1, seed=3)
-    ds = make_dataset(np.zeros(n), num_classes=2, image_size=(4, 4), channels=1, images=images,
-                      batch_size=5, training=True, augmenter=aug)
+    ds = make_dataset(
+        np.zeros(n),
+        num_classes=2,
+        image_size=(4, 4),
+        channels=1,
+        images=images,
+        batch_size=5,
+        training=True,
+        augmenter=aug,
+    )
     seen = []
     for _ in range(4):
         flipped = {}
@@ -164,7 +192,9 @@ def test_lookahead_averages_towards_a_slow_copy():
     model.set_weights([w0 + 1.0])
     cb.on_train_batch_end(4)
     decay = 0.95**5 * 0.5**3
-    np.testing.assert_allclose(model.get_weights()[0], decay * w0 + (1 - decay) * (w0 + 1), rtol=1e-5)
+    np.testing.assert_allclose(
+        model.get_weights()[0], decay * w0 + (1 - decay) * (w0 + 1), rtol=1e-5
+    )
     model.optimizer.iterations.assign(10)
     slow = model.get_weights()[0].copy()
     model.set_weights([w0 + 5.0])
@@ -177,17 +207,36 @@ def test_fast_recipe_trains_end_to_end_and_records_itself(make_folder, runs_dir)
     from cnnlab.models.saving import load_model
 
     folder = make_folder("small", classes=("a", "b", "c"), per_class=16, size=20)
-    result = cnnlab.train(data=f"folder:{folder}", recipe="fast", epochs=2, val_split=0.0,
-                          test_split=0.25, model_kwargs={"width": 0.125}, output=str(runs_dir),
-                          verbose=0)
+    result = cnnlab.train(
+        data=f"folder:{folder}",
+        recipe="fast",
+        epochs=2,
+        val_split=0.0,
+        test_split=0.25,
+        model_kwargs={"width": 0.125},
+        runs_dir=str(runs_dir),
+        verbose=0,
+    )
     cfg = result.config
     assert (cfg.recipe, cfg.model, cfg.schedule, cfg.flip, cfg.batch_size) == (
-        "fast", "airbench", "linear", "alternating", 64)
-    assert 0.0 <= result.test_accuracy <= 1.0
+        "fast",
+        "airbench",
+        "linear",
+        "alternating",
+        64,
+    )
+    # The reported accuracy is the saved model's on the 12 held-out images, row by row.
+    with open(result.run_dir / "evaluation-test" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == result.metrics["test"]["num_examples"] == 12
+    right = sum(r["true"] == r["predicted"] for r in rows)
+    assert result.test_accuracy == pytest.approx(right / 12)
     kernel = result.model.get_layer("whiten").kernel.numpy()
     assert not np.allclose(np.abs(kernel).sum(axis=(0, 1, 2)), 1.0)  # fitted, not the identity
     reloaded = load_model(result.run_dir / "model.keras")
     assert reloaded.get_layer("pooler").level == 2
+    schedule = reloaded.optimizer.get_config()["learning_rate"]  # the optimizer came back too
+    assert schedule["registered_name"] == "cnnlab>LinearWarmupDecay"
     assert "recipe: fast" in (result.run_dir / "config.yaml").read_text()
 
 
@@ -195,20 +244,36 @@ def test_training_pipeline_mixes_classes_of_sorted_data_larger_than_the_shuffle_
     n = 25_000  # above the 20,000-image shuffle buffer, sorted by class like a folder
     labels = np.repeat(np.arange(10), n // 10)
     images = np.zeros((n, 2, 2, 1), np.uint8)
-    ds = make_dataset(labels, num_classes=10, image_size=(2, 2), channels=1, images=images,
-                      batch_size=256, training=True)
+    ds = make_dataset(
+        labels,
+        num_classes=10,
+        image_size=(2, 2),
+        channels=1,
+        images=images,
+        batch_size=256,
+        training=True,
+    )
     _, y = next(iter(ds))
     assert len(set(np.argmax(y.numpy(), 1))) == 10
 
 
-def test_fast_recipe_drops_the_validation_split_unless_asked_and_keeps_the_test_split(make_folder, runs_dir):
+def test_fast_recipe_drops_the_validation_split_unless_asked_and_keeps_the_test_split(
+    make_folder, runs_dir
+):
     import cnnlab
     from cnnlab.data.sources import open_source
     from cnnlab.data.splits import make_split
 
     folder = make_folder("small", classes=("a", "b"), per_class=20, size=20)
-    common = dict(data=f"folder:{folder}", recipe="fast", epochs=1, test_split=0.25,
-                  model_kwargs={"width": 0.125}, output=str(runs_dir), verbose=0)  # fmt: skip
+    common = dict(
+        data=f"folder:{folder}",
+        recipe="fast",
+        epochs=1,
+        test_split=0.25,
+        model_kwargs={"width": 0.125},
+        runs_dir=str(runs_dir),
+        verbose=0,
+    )
     result = cnnlab.train(**common)
     assert result.config.val_split == 0.0
     counts = {"train": 0, "val": 0, "test": 0}
@@ -234,8 +299,15 @@ def test_fast_recipe_pipeline_builds_without_the_outer_graph_seed_warning():
     aug = Augmenter(AugmentOptions(flip="alternating", random_crop=1), (4, 4), 1, seed=5)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = make_dataset(np.zeros(6), num_classes=2, image_size=(4, 4), channels=1,
-                          images=np.zeros((6, 4, 4, 1), np.uint8), batch_size=3, training=True,
-                          augmenter=aug)  # fmt: skip
+        ds = make_dataset(
+            np.zeros(6),
+            num_classes=2,
+            image_size=(4, 4),
+            channels=1,
+            images=np.zeros((6, 4, 4, 1), np.uint8),
+            batch_size=3,
+            training=True,
+            augmenter=aug,
+        )
     assert not [w for w in caught if "outer graph" in str(w.message)]
     assert sum(1 for _ in ds) == 2

@@ -1,4 +1,4 @@
-"""``evaluate``: score a trained model on its held-out split or on other data."""
+"""Scoring a trained model on its held-out split or on other data, and saving the results."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ class EvaluationResult:
     class_names: list[str]
     names: list[str] = field(default_factory=list)  # file path or example index, per row
     output_dir: Path | None = None
-    report_path: Path | None = None  # report.html, when it could be written
+    report_path: Path | None = None  # report.html, when it was written
 
     @property
     def accuracy(self) -> float:
@@ -42,9 +43,15 @@ def save_evaluation(result: EvaluationResult, out_dir: str | os.PathLike) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     m = result.metrics
     write_json(out / "metrics.json", {k: v for k, v in m.items() if k != "confusion_matrix"})
-    write_json(out / "confusion_matrix.json",
-               {"class_names": result.class_names, "rows": "true", "columns": "predicted",
-                "matrix": m["confusion_matrix"]})  # fmt: skip
+    write_json(
+        out / "confusion_matrix.json",
+        {
+            "class_names": result.class_names,
+            "rows": "true",
+            "columns": "predicted",
+            "matrix": m["confusion_matrix"],
+        },
+    )
     write_text(out / "classification_report.txt", format_report(m) + "\n")
     plot_confusion_matrix(m["confusion_matrix"], result.class_names, out / "confusion_matrix.png")
     buf = io.StringIO()
@@ -53,15 +60,28 @@ def save_evaluation(result: EvaluationResult, out_dir: str | os.PathLike) -> Pat
     pred = result.probs.argmax(axis=1)
     for i, (y, p) in enumerate(zip(result.y_true, pred)):
         name = result.names[i] if i < len(result.names) else i
-        w.writerow([name, result.class_names[y], result.class_names[p],
-                    f"{result.probs[i, p]:.5f}", f"{result.probs[i, y]:.5f}"])  # fmt: skip
+        w.writerow(
+            [
+                name,
+                result.class_names[y],
+                result.class_names[p],
+                f"{result.probs[i, p]:.5f}",
+                f"{result.probs[i, y]:.5f}",
+            ]
+        )
     write_text(out / "predictions.csv", buf.getvalue())
     result.output_dir = out
     return out
 
 
-def score(model, bundle, split: str, class_names: list[str], top_k: int = 5,
-          label_map: np.ndarray | None = None) -> EvaluationResult:  # fmt: skip
+def score(
+    model,
+    bundle,
+    split: str,
+    class_names: list[str],
+    top_k: int = 5,
+    label_map: np.ndarray | None = None,
+) -> EvaluationResult:
     """Predict one split of a DataBundle and compute its metrics."""
     ds = bundle.dataset(split, training=False)
     if ds is None:
@@ -78,7 +98,17 @@ def score(model, bundle, split: str, class_names: list[str], top_k: int = 5,
     return EvaluationResult(metrics, probs, y, list(class_names), names)
 
 
-def evaluate(
+@dataclass
+class ScoredRun:
+    """What :func:`score_run` scored: the result (already saved), the model and the data."""
+
+    result: EvaluationResult
+    loaded: Any  # cnnlab.models.saving.LoadedModel
+    bundle: Any  # the DataBundle scored
+    split: str
+
+
+def score_run(
     model_or_run,
     data: str | None = None,
     *,
@@ -88,48 +118,39 @@ def evaluate(
     output: str | os.PathLike | None = None,
     skip_bad_images: bool = False,
     data_dir: str | None = None,
-) -> EvaluationResult:
-    """Evaluate a run folder or ``.keras`` model.
+) -> ScoredRun:
+    """Score a run folder or ``.keras`` model and save the results (no report:
+    ``cnnlab.workflows.evaluate`` adds it).
 
     Without ``data``, a run is scored on the ``split`` it saved (its held-out
-    test images by default). With ``data`` (a spec), every image of that
-    source is scored, or its ``split`` if it has train/val/test parts. Class
-    names are matched by name, so a test folder may hold a subset of classes.
+    test images by default, or its separate test set). With ``data`` (a spec),
+    every image of that source is scored, or its ``split`` if it has
+    train/val/test parts. Class names are matched by name, so a test folder may
+    hold a subset of classes.
 
     Results are written to ``<run>/evaluation-<tag>/`` (never over an earlier
     one) or to ``output``.
-
-    Example:
-        >>> result = evaluate("runs/20261126-120000-simple_cnn-32")
-        >>> print(result.report())
     """
-    from cnnlab.data import load_data
-    from cnnlab.data.sources import open_source
-    from cnnlab.data.splits import Split
     from cnnlab.models.saving import load_for_inference
 
     loaded = load_for_inference(model_or_run)
     cfg = loaded.config
-    common = dict(image_size=loaded.image_size, channels=loaded.channels, batch_size=batch_size,
-                  resize=loaded.resize, augment="none", skip_bad_images=skip_bad_images)  # fmt: skip
-    label_map = None
     if data is None and split == "test" and cfg.get("test_data"):
         data = cfg["test_data"]  # the run's separate test set
     if data is None:
-        if loaded.run_dir is None:
-            raise DataError(
-                f"{loaded.model_path} is not inside a run folder, so there is no saved split to score",
-                fix="Pass --data SPEC with labelled images to evaluate on",
-            )
-        source = open_source(cfg["data"], cfg.get("data_dir") or data_dir)
-        saved = Split.load(loaded.run_dir / "split.csv", source)
-        bundle = load_data(cfg["data"], data_dir=cfg.get("data_dir") or data_dir, split=saved,
-                           scan=False, **common)  # fmt: skip
-        tag = split
+        bundle, label_map, tag = _saved_split(loaded, split, batch_size, skip_bad_images, data_dir)
     else:
-        common.pop("augment")
-        bundle, label_map = load_test_data(data, loaded.class_names, split=split,
-                                           data_dir=data_dir, **common)  # fmt: skip
+        bundle, label_map = load_test_data(
+            data,
+            loaded.class_names,
+            split=split,
+            data_dir=data_dir,
+            image_size=loaded.image_size,
+            channels=loaded.channels,
+            batch_size=batch_size,
+            resize=loaded.resize,
+            skip_bad_images=skip_bad_images,
+        )
         kind, value = data.split(":", 1) if ":" in data else ("data", data)
         tag = f"{kind}-{Path(value.rstrip('/')).name or 'data'}"
         tag = f"{tag}-{split}" if np.any(bundle.source.parts != "") else tag
@@ -138,16 +159,51 @@ def evaluate(
         base = loaded.run_dir or loaded.model_path.parent
         output = unique_dir(base / f"evaluation-{tag}")
     save_evaluation(result, output)
-    from cnnlab.evaluation.report import try_write_report  # a failed report only warns
-
-    result.report_path = try_write_report(loaded.run_dir, output=output, model=loaded.model,
-                                          bundle=bundle, evaluation=result, split=split)  # fmt: skip
-    return result
+    return ScoredRun(result, loaded, bundle, split)
 
 
-def load_test_data(data: str, class_names: list[str], *, image_size, channels: int,
-                   resize: str = "stretch", batch_size: int = 64, split: str = "test",
-                   skip_bad_images: bool = False, data_dir: str | None = None):  # fmt: skip
+def _saved_split(loaded, split: str, batch_size: int, skip_bad_images: bool, data_dir):
+    """The run's own data with the split it saved: ``(bundle, None, tag)``."""
+    from cnnlab.data import load_data
+    from cnnlab.data.sources import open_source
+    from cnnlab.data.splits import Split
+
+    if loaded.run_dir is None:
+        raise DataError(
+            f"{loaded.model_path} is not inside a run folder, so there is no saved split to score",
+            fix="Pass --data SPEC with labelled images to evaluate on",
+        )
+    cfg = loaded.config
+    data_dir = cfg.get("data_dir") or data_dir
+    source = open_source(cfg["data"], data_dir)
+    saved = Split.load(loaded.run_dir / "split.csv", source)
+    bundle = load_data(
+        cfg["data"],
+        data_dir=data_dir,
+        split=saved,
+        scan=False,
+        image_size=loaded.image_size,
+        channels=loaded.channels,
+        batch_size=batch_size,
+        resize=loaded.resize,
+        augment="none",
+        skip_bad_images=skip_bad_images,
+    )
+    return bundle, None, split
+
+
+def load_test_data(
+    data: str,
+    class_names: list[str],
+    *,
+    image_size,
+    channels: int,
+    resize: str = "stretch",
+    batch_size: int = 64,
+    split: str = "test",
+    skip_bad_images: bool = False,
+    data_dir: str | None = None,
+):
     """Open labelled images to score a model trained on ``class_names``.
 
     A plain folder or CSV is all ``split`` (every decodable image); a source
@@ -161,9 +217,18 @@ def load_test_data(data: str, class_names: list[str], *, image_size, channels: i
     from cnnlab.data import load_data
     from cnnlab.data.splits import Split
 
-    bundle = load_data(data, image_size=image_size, channels=channels, batch_size=batch_size,
-                       resize=resize, augment="none", skip_bad_images=skip_bad_images,
-                       data_dir=data_dir, val_split=0.0, test_split=0.0)  # fmt: skip
+    bundle = load_data(
+        data,
+        image_size=image_size,
+        channels=channels,
+        batch_size=batch_size,
+        resize=resize,
+        augment="none",
+        skip_bad_images=skip_bad_images,
+        data_dir=data_dir,
+        val_split=0.0,
+        test_split=0.0,
+    )
     if not np.any(bundle.source.parts != ""):
         assign = np.where(bundle.split.assignment == "skipped", "skipped", split)
         bundle.split = Split(assign)

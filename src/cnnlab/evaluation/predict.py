@@ -24,8 +24,10 @@ def expand_paths(paths) -> list[str]:
         else:
             raise DataError(f"{p} does not exist", fix="Check the image paths given to predict")
     if not out:
-        raise DataError(f"No image files found in {', '.join(map(str, paths))}",
-                        expected="JPEG, PNG, GIF, BMP or WebP files")  # fmt: skip
+        raise DataError(
+            f"No image files found in {', '.join(map(str, paths))}",
+            expected="JPEG, PNG, GIF, BMP or WebP files",
+        )
     return out
 
 
@@ -49,12 +51,16 @@ def predict(model, paths, *, top_k: int = 3, batch_size: int = 32) -> list[dict]
     files = expand_paths(paths if isinstance(paths, (list, tuple)) else [paths])
     infos = scan_images(files)
     good = [i.path for i in infos if i.ok]
-    results: dict[str, dict] = {i.path: {"path": i.path, "error": i.problem} for i in infos if not i.ok}
+    results: dict[str, dict] = {
+        i.path: {"path": i.path, "error": i.problem} for i in infos if not i.ok
+    }
     if good:
         resizer = make_resizer(loaded.image_size, loaded.resize)
         ds = tf.data.Dataset.from_tensor_slices(np.array(good))
-        ds = ds.map(lambda p: tf.cast(to_uint8(resizer(decode_file(p, loaded.channels))), tf.float32),
-                    num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)  # fmt: skip
+        ds = ds.map(
+            lambda p: tf.cast(to_uint8(resizer(decode_file(p, loaded.channels))), tf.float32),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        ).batch(batch_size)
         ds = apply_options(ds)
         probs = np.concatenate([np.asarray(loaded.model(x, training=False)) for x in ds])
         k = min(top_k, probs.shape[1])
@@ -62,7 +68,9 @@ def predict(model, paths, *, top_k: int = 3, batch_size: int = 32) -> list[dict]
             order = np.argsort(-p)[:k]
             results[path] = {
                 "path": path,
-                "top": [{"label": loaded.class_names[j], "probability": float(p[j])} for j in order],
+                "top": [
+                    {"label": loaded.class_names[j], "probability": float(p[j])} for j in order
+                ],
             }
     return [results[f] for f in files]
 
@@ -79,7 +87,9 @@ def format_predictions(rows: list[dict], fmt: str = "table") -> str:
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["path"] + [f"{c}{i}" for i in range(1, k + 1) for c in ("label", "prob")] + ["error"])
+        w.writerow(
+            ["path"] + [f"{c}{i}" for i in range(1, k + 1) for c in ("label", "prob")] + ["error"]
+        )
         for r in rows:
             cells = [c for t in r.get("top", []) for c in (t["label"], f"{t['probability']:.4f}")]
             cells += [""] * (2 * k - len(cells))

@@ -23,17 +23,15 @@ def save_model(model, path: str | os.PathLike) -> Path:
 
 
 def load_model(path: str | os.PathLike):
-    """Load a ``.keras`` model saved by cnnlab (its custom layers and schedules included)."""
+    """Load a ``.keras`` model saved by cnnlab (its custom layers, schedules and optimizer
+    included); imports ``cnnlab.nn`` and the model families, never training code."""
     import keras
 
-    # Importing these registers cnnlab's serialisable layers and schedules with Keras.
-    # (training.finetune: layer-wise optimizers; training.recipes: the fast schedule.)
-    import cnnlab.models
-    import cnnlab.training.finetune
-    import cnnlab.training.optimizers
-    import cnnlab.training.recipes  # noqa: F401
+    # Registers cnnlab's serialisable layers, schedules and optimizers with Keras, and the
+    # pretrained families' preprocessing layer: all a .keras file may need (no training code).
+    import cnnlab.models.pretrained
+    import cnnlab.nn  # noqa: F401
 
-    cnnlab.models.registry._ensure_loaded()
     path = Path(path)
     if not path.is_file():
         raise ModelError(

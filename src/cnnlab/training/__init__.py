@@ -1,6 +1,9 @@
-"""Training: optimizers and schedules, callbacks, run folders, and ``train``."""
+"""Training: fitting a model (strategy, compile, fit), callbacks, recipes, fine-tuning stages,
+the learning-rate range test loop.
 
-from cnnlab.run_folder import RunFolder
-from cnnlab.training.trainer import TrainResult, get_strategy, train
+What a user runs end to end (``train``, ``fine_tune``, ``lr_find``) is ``cnnlab.workflows``.
+"""
 
-__all__ = ["RunFolder", "TrainResult", "get_strategy", "train"]
+from cnnlab.training.fit import compile_model, fit_quietly, get_strategy
+
+__all__ = ["compile_model", "fit_quietly", "get_strategy"]

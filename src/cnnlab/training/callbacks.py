@@ -1,4 +1,4 @@
-"""Callbacks that make a run survive crashes and describe itself."""
+"""Callbacks that make a run survive crashes and describe itself (its history columns)."""
 
 from __future__ import annotations
 
@@ -69,3 +69,26 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.state["epochs_done"] = epoch + 1
         self.state["monitor"] = self.monitor
         write_json(self.dir / "state.json", self.state)
+
+
+class StageColumn(keras.callbacks.Callback):
+    """Adds ``stage`` to the epoch logs (before CSVLogger, so history.csv has it)."""
+
+    def __init__(self, stage: int):
+        super().__init__()
+        self.stage = stage
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["stage"] = self.stage
+
+
+class SaveClassifier(RunCheckpoint):
+    """RunCheckpoint that saves the whole classifier while only its head is being fit."""
+
+    def __init__(self, classifier, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._classifier = classifier
+
+    def set_model(self, model):
+        super().set_model(self._classifier)

@@ -39,10 +39,10 @@ from typing import Any
 
 import keras
 import numpy as np
-from keras import ops
 
 from cnnlab import config as _config
 from cnnlab.config import RECIPES, TrainConfig, load_yaml
+from cnnlab.data.augment import NO_FLIP_DATASETS
 from cnnlab.errors import ConfigError
 
 log = logging.getLogger("cnnlab")
@@ -61,7 +61,7 @@ FAST: dict[str, Any] = {
     "weight_decay": 8.87e-3,  # decoupled, per unit of learning rate (see above)
     "label_smoothing": 0.2,
     "warmup_fraction": 0.23,  # of all steps: lr rises 0.2 → 1.0 × peak
-    "final_fraction": 0.07,  # lr falls linearly to 0.07 × peak at the last step
+    "final_fraction": 0.07,  # lr falls linearly to 0.07 × peak (cnnlab.nn.LinearWarmupDecay)
     "random_crop": 2,  # translations by up to 2 pixels (reflect padding)
     "lookahead_every": 5,
     # The schedule and weight averaging end at the last epoch, which is the model,
@@ -71,12 +71,12 @@ FAST: dict[str, Any] = {
 # Grayscale images (Fashion-MNIST, MNIST) are easier: a quarter of the compute, 10 epochs.
 FAST_GRAY: dict[str, Any] = {"width": 0.5, "epochs": 10}
 AUTO_MIN_SIDE, AUTO_MAX_SIDE = 20, 40
-NO_FLIP_DATASETS = ("builtin:digits", "builtin:mnist")
 
 
 # ---------------------------------------------------------------------- which keys were given
-def explicit_keys(config: TrainConfig | dict | str | os.PathLike | None,
-                  overrides: dict[str, Any] | None) -> set[str]:  # fmt: skip
+def explicit_keys(
+    config: TrainConfig | dict | str | os.PathLike | None, overrides: dict[str, Any] | None
+) -> set[str]:
     """The config keys a user set: non-None overrides plus the keys of the given config.
 
     For a :class:`TrainConfig` object, the keys whose value differs from the default.
@@ -86,6 +86,7 @@ def explicit_keys(config: TrainConfig | dict | str | os.PathLike | None,
         {'epochs', 'batch_size'}
     """
     aliases = getattr(_config, "ALIASES", {})
+
     def norm(k) -> str:
         k = str(k).replace("-", "_")
         return aliases.get(k, k)
@@ -105,8 +106,11 @@ def explicit_keys(config: TrainConfig | dict | str | os.PathLike | None,
 def choose_recipe(cfg: TrainConfig, explicit: set[str], image_size: tuple[int, int]) -> str:
     """Resolve ``auto`` to ``fast`` or ``plain`` from the image size and whether a model was given."""
     if cfg.recipe not in RECIPES:
-        raise ConfigError(f"Unknown recipe '{cfg.recipe}'", expected=f"one of {', '.join(RECIPES)}",
-                          fix="Pass --recipe fast, --recipe plain or --recipe auto")  # fmt: skip
+        raise ConfigError(
+            f"Unknown recipe '{cfg.recipe}'",
+            expected=f"one of {', '.join(RECIPES)}",
+            fix="Pass --recipe fast, --recipe plain or --recipe auto",
+        )
     if cfg.recipe != "auto":
         return cfg.recipe
     small = AUTO_MIN_SIDE <= min(image_size) and max(image_size) <= AUTO_MAX_SIDE
@@ -129,8 +133,13 @@ def fast_batch_size(n_train: int) -> int:
     return int(min(FAST["batch_size"], max(64, size)))
 
 
-def apply_recipe(cfg: TrainConfig, explicit: set[str], image_size: tuple[int, int],
-                 n_train: int, channels: int = 3) -> tuple[TrainConfig, dict[str, Any]]:  # fmt: skip
+def apply_recipe(
+    cfg: TrainConfig,
+    explicit: set[str],
+    image_size: tuple[int, int],
+    n_train: int,
+    channels: int = 3,
+) -> tuple[TrainConfig, dict[str, Any]]:
     """Resolve the recipe and fill in its defaults for every key not in ``explicit``.
 
     The fast recipe sets ``val_split`` 0 when none was given; the caller redraws
@@ -150,6 +159,7 @@ def apply_recipe(cfg: TrainConfig, explicit: set[str], image_size: tuple[int, in
     name = choose_recipe(cfg, explicit, image_size)
     if name == "plain":
         return cfg.replace(recipe="plain"), {}
+
     def given(key: str) -> bool:
         return key in explicit
 
@@ -159,13 +169,23 @@ def apply_recipe(cfg: TrainConfig, explicit: set[str], image_size: tuple[int, in
     defaults = FAST_GRAY if channels == 1 else FAST
     epochs = cfg.epochs if given("epochs") else defaults["epochs"]
     batch = cfg.batch_size if given("batch_size") else fast_batch_size(n_train)
-    d.update(epochs=epochs, batch_size=batch, optimizer="sgd", momentum=FAST["momentum"],
-             nesterov=True, learning_rate=FAST["lr_per_1024"] * batch / 1024,
-             weight_decay=FAST["weight_decay"], label_smoothing=FAST["label_smoothing"],
-             schedule="linear", warmup_epochs=round(FAST["warmup_fraction"] * epochs, 4),
-             augment="none", random_crop=FAST["random_crop"], translation=0.0,
-             flip="none" if cfg.data in NO_FLIP_DATASETS else "alternating",
-             val_split=FAST["val_split"])  # fmt: skip
+    d.update(
+        epochs=epochs,
+        batch_size=batch,
+        optimizer="sgd",
+        momentum=FAST["momentum"],
+        nesterov=True,
+        learning_rate=FAST["lr_per_1024"] * batch / 1024,
+        weight_decay=FAST["weight_decay"],
+        label_smoothing=FAST["label_smoothing"],
+        schedule="linear",
+        warmup_epochs=round(FAST["warmup_fraction"] * epochs, 4),
+        augment="none",
+        random_crop=FAST["random_crop"],
+        translation=0.0,
+        flip="none" if cfg.data in NO_FLIP_DATASETS else "alternating",
+        val_split=FAST["val_split"],
+    )
     d = {k: v for k, v in d.items() if not given(k)}
     # An explicit optimizer keeps its own default learning rate and momentum.
     if given("optimizer") and cfg.optimizer != "sgd":
@@ -179,50 +199,6 @@ def apply_recipe(cfg: TrainConfig, explicit: set[str], image_size: tuple[int, in
         d["model_kwargs"] = {**kwargs, **(cfg.model_kwargs or {})}
     new = cfg.replace(recipe="fast", **d)
     return new, d
-
-
-# ---------------------------------------------------------------------- schedule and optimizer
-@keras.saving.register_keras_serializable(package="cnnlab")
-class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """airbench's schedule: ``start``× → 1× linearly over ``warmup_steps``, then → ``end``× at ``total_steps``.
-
-    Example:
-        >>> s = LinearWarmupDecay(1.0, total_steps=100, warmup_steps=23)
-        >>> [round(float(s(t)), 2) for t in (0, 23, 100)]
-        [0.2, 1.0, 0.07]
-    """
-
-    def __init__(self, learning_rate: float, total_steps: int, warmup_steps: int = 0,
-                 start: float = 0.2, end: float = 0.07):  # fmt: skip
-        self.learning_rate = float(learning_rate)
-        self.total_steps = max(1, int(total_steps))
-        self.warmup_steps = max(0, min(int(warmup_steps), self.total_steps))
-        self.start = float(start)
-        self.end = float(end)
-
-    def __call__(self, step):
-        step = ops.cast(step, "float32")
-        warm = float(self.warmup_steps)
-        total = float(self.total_steps)
-        up = self.start + (1.0 - self.start) * step / max(warm, 1.0)
-        t = ops.clip((step - warm) / max(total - warm, 1.0), 0.0, 1.0)
-        down = 1.0 + (self.end - 1.0) * t
-        return self.learning_rate * ops.where(step < warm, up, down)
-
-    def get_config(self):
-        return {"learning_rate": self.learning_rate, "total_steps": self.total_steps,
-                "warmup_steps": self.warmup_steps, "start": self.start, "end": self.end}  # fmt: skip
-
-
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """The configured optimizer with the ``linear`` (airbench) schedule."""
-    from cnnlab.training import optimizers
-
-    lr = cfg.learning_rate or optimizers.DEFAULT_LEARNING_RATES[cfg.optimizer]
-    total = steps_per_epoch * cfg.epochs
-    schedule = LinearWarmupDecay(lr, total, round(cfg.warmup_epochs * steps_per_epoch),
-                                 0.2, FAST["final_fraction"])  # fmt: skip
-    return optimizers.make_optimizer(cfg, steps_per_epoch, schedule)
 
 
 # ---------------------------------------------------------------------- weight averaging
@@ -277,19 +253,6 @@ def prepare_model(model, bundle) -> None:
 
     if not whitening_layers(model):
         return
-    ex = bundle.examples("train")
-    rng = np.random.default_rng(bundle.seed)
-    idx = np.sort(rng.permutation(len(ex["labels"]))[:5000])
-    if "images" in ex and tuple(ex["images"].shape[1:]) == (*bundle.image_size, bundle.channels):
-        images = ex["images"][idx]
-    else:
-        from cnnlab.data.pipeline import make_dataset
-
-        ds = make_dataset(ex["labels"][idx], num_classes=bundle.num_classes,
-                          image_size=bundle.image_size, channels=bundle.channels,
-                          images=ex["images"][idx] if "images" in ex else None,
-                          paths=ex["paths"][idx] if "paths" in ex else None,
-                          batch_size=500, resize=bundle.resize, cache="none")  # fmt: skip
-        images = np.concatenate([x.numpy() for x, _ in ds])
+    images = bundle.sample_images("train", 5000)
     init_whitening(model, images)
     log.info("Whitening layer fitted on %d training images", len(images))

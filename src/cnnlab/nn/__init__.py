@@ -1,0 +1,25 @@
+"""Keras-serialisable building blocks a saved cnnlab model may hold.
+
+Importing this package registers every custom layer, initialiser, schedule and
+optimizer with Keras, which is all that loading a ``.keras`` file needs
+(``cnnlab.models.saving.load_model`` imports it; no training code is involved).
+
+- ``cnnlab.nn.layers``: DiracInit, ScaledBias, PatchWhitening, TTAViews, TTAPool;
+- ``cnnlab.nn.schedules``: WarmupSchedule, LinearWarmupDecay and the table of schedules;
+- ``cnnlab.nn.optimizers``: ``make_optimizer`` (the one optimizer factory) and the
+  layer-wise optimizers of fine-tuning.
+"""
+
+from cnnlab.nn import layers, optimizers, schedules
+from cnnlab.nn.optimizers import LAYERWISE, make_optimizer
+from cnnlab.nn.schedules import LinearWarmupDecay, WarmupSchedule
+
+__all__ = [
+    "LAYERWISE",
+    "LinearWarmupDecay",
+    "WarmupSchedule",
+    "layers",
+    "make_optimizer",
+    "optimizers",
+    "schedules",
+]

@@ -1,0 +1,133 @@
+"""Optimizers: the one factory every run uses, and layer-wise learning rates.
+
+:func:`make_optimizer` builds the config's ``optimizer`` (``OPTIMIZERS``) with its
+``schedule`` (``cnnlab.nn.schedules.SCHEDULES``); ``train``, the fast recipe,
+fine-tuning and the learning-rate range test all call it.
+
+``LAYERWISE`` holds a variant of each optimizer with a learning-rate multiplier
+per variable (fine-tuning's ``layer_decay``). They are registered with Keras
+(``cnnlab>LayerwiseSGD`` ...), so a model saved with one reloads with its optimizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+
+from cnnlab.errors import ConfigError
+from cnnlab.nn.schedules import make_schedule
+
+__all__ = [
+    "DEFAULT_LEARNING_RATES",
+    "LAYERWISE",
+    "OPTIMIZERS",
+    "layerwise_optimizer",
+    "make_optimizer",
+]
+
+DEFAULT_LEARNING_RATES = {"adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3, "sgd": 0.05}
+
+# optimizer name (config key ``optimizer``) -> builder(cfg, learning rate or schedule).
+# ``weight_decay`` is Keras' decoupled decay (``w -= lr * wd * w``) for every optimizer.
+OPTIMIZERS: dict[str, Callable] = {
+    "adam": lambda cfg, lr: keras.optimizers.Adam(lr, weight_decay=cfg.weight_decay or None),
+    "adamw": lambda cfg, lr: keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay or 0.01),
+    "rmsprop": lambda cfg, lr: keras.optimizers.RMSprop(
+        lr, momentum=0.0, weight_decay=cfg.weight_decay or None
+    ),
+    "sgd": lambda cfg, lr: keras.optimizers.SGD(
+        lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay or None
+    ),
+}
+
+
+def peak_learning_rate(cfg) -> float:
+    """The configured learning rate, or the optimizer's default when none is given."""
+    return cfg.learning_rate or DEFAULT_LEARNING_RATES[cfg.optimizer]
+
+
+def make_optimizer(
+    cfg, steps_per_epoch: int | None = None, *, learning_rate=None
+) -> keras.optimizers.Optimizer:
+    """The config's optimizer with its schedule (``cfg.schedule`` over ``cfg.epochs``).
+
+    Args:
+        cfg: a ``TrainConfig`` (``optimizer``, ``learning_rate``, ``schedule``,
+            ``weight_decay``, ``momentum``, ``nesterov``, ...).
+        steps_per_epoch: batches per epoch, to lay the schedule out in steps.
+        learning_rate: a fixed rate (a float) or a Keras schedule instead of the
+            configured schedule (the learning-rate range test sets the rate itself).
+
+    Example:
+        >>> make_optimizer(TrainConfig(optimizer="sgd", schedule="linear"), 40)
+        <keras.src.optimizers.sgd.SGD ...>
+    """
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(
+            f"Unknown optimizer '{cfg.optimizer}'",
+            expected=f"one of {', '.join(OPTIMIZERS)}",
+            fix="Pass --optimizer adam (or another of those)",
+        )
+    if learning_rate is None:
+        if steps_per_epoch is None:
+            raise ConfigError(
+                "make_optimizer needs steps_per_epoch to lay out the schedule",
+                fix="Pass steps_per_epoch, or a fixed learning_rate",
+            )
+        learning_rate = make_schedule(cfg, steps_per_epoch, peak_learning_rate(cfg))
+    return OPTIMIZERS[cfg.optimizer](cfg, learning_rate)
+
+
+def _layerwise(base_cls: type) -> type:
+    """``base_cls`` with a learning-rate multiplier per variable (by variable path)."""
+
+    class Layerwise(base_cls):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, lr_multipliers: dict[str, float] | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.lr_multipliers = {str(k): float(v) for k, v in (lr_multipliers or {}).items()}
+            self._lr_mults: list[float] = []
+
+        def build(self, var_list):
+            super().build(var_list)
+            self._lr_mults = [self.lr_multipliers.get(v.path, 1.0) for v in var_list]
+
+        def update_step(self, gradient, variable, learning_rate):
+            # The TF backend passes the raw tf.Variable here; its index is stable.
+            mult = self._lr_mults[self._get_variable_index(variable)] if self._lr_mults else 1.0
+            if mult != 1.0:
+                learning_rate = learning_rate * mult
+            return super().update_step(gradient, variable, learning_rate)
+
+        def get_config(self):
+            return {**super().get_config(), "lr_multipliers": self.lr_multipliers}
+
+    Layerwise.__name__ = Layerwise.__qualname__ = f"Layerwise{base_cls.__name__}"
+    return keras.saving.register_keras_serializable(package="cnnlab")(Layerwise)
+
+
+# Keras optimizer class -> its layer-wise variant (LayerwiseAdam, LayerwiseAdamW, ...).
+LAYERWISE = {
+    cls: _layerwise(cls)
+    for cls in (
+        keras.optimizers.Adam,
+        keras.optimizers.AdamW,
+        keras.optimizers.SGD,
+        keras.optimizers.RMSprop,
+    )
+}
+
+
+def layerwise_optimizer(optimizer, blocks: list[tuple[str, list]], unfrozen: int, decay: float):
+    """Rebuild ``optimizer`` so block k from the top trains at lr * decay**(k + 1); head at lr.
+
+    ``blocks`` are (name, layers) pairs from the bottom of the backbone to the top;
+    the top ``unfrozen`` of them get the decayed rates.
+    """
+    mults: dict[str, float] = {}
+    for k, (_, members) in enumerate(reversed(blocks[-unfrozen:])):
+        for layer in members:
+            for v in layer.trainable_weights:
+                mults[v.path] = decay ** (k + 1)
+    cls = LAYERWISE[type(optimizer)]
+    return cls.from_config({**optimizer.get_config(), "lr_multipliers": mults})
