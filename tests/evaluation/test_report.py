@@ -246,3 +246,31 @@ def test_not_a_run_folder(tmp_path):
 
     with pytest.raises(RunError, match="is not a cnnlab run folder"):
         write_report(tmp_path)
+
+
+def test_a_model_without_convolution_still_gets_a_report(tiny_run, tmp_path):
+    import keras
+
+    from cnnlab.evaluation.report import load_inputs
+
+    bundle = load_inputs(tiny_run).bundle
+    inp = keras.Input((16, 16, 3))
+    out = keras.layers.Dense(3, activation="softmax", name="predictions")(
+        keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inp))
+    )
+    mlp = keras.Model(inp, out, name="mlp")
+    planted = _planted(tiny_run, [0.9] * 6, [None, 0.05, None, None, None, None])
+    result = write_report(tiny_run, output=tmp_path, model=mlp, bundle=bundle, evaluation=planted)
+    gc = result.data["gradcam"]
+    assert gc["layer"] is None and gc["examples"] == []
+    assert gc["error"] == (
+        "ModelError: Model mlp has no convolutional layer for Grad-CAM. Expected a CNN with "
+        "at least one Conv2D layer (or a convolutional backbone)."
+    )
+    html = result.html.read_text()
+    assert "Grad-CAM is not available for this model (ModelError: Model mlp" in html
+    # the rest of the report is there, on the planted predictions
+    assert result.data["accuracy"] == pytest.approx(5 / 6)
+    assert result.data["mistakes"]["total"] == 1 and "accuracy_with" in result.data["tta"]
+    for sid in SECTION_IDS:
+        assert f'<section id="{sid}">' in html
