@@ -34,6 +34,15 @@ def make_image_folder(root: Path, classes=("circle", "square"), per_class: int =
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _scan_cache_in_tmp(tmp_path_factory):
+    """The scan cache (cnnlab.data.scan_cache) of the tests' folders goes to a temporary
+    folder, never into the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CNNLAB_CACHE_DIR", str(tmp_path_factory.mktemp("scan-cache")))
+        yield
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     """A class-per-folder set: 2 classes × 12 RGB PNGs of 16×16."""

@@ -1,11 +1,25 @@
-"""Bad files are found before training and named; odd-but-valid files load."""
+"""Bad files are found before training and named; odd-but-valid files load; scans are cached
+and show their progress."""
+
+import fcntl
+import io
+import logging
+import os
+import pty
+import select
+import struct
+import sys
+import termios
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from cnnlab.data import load_data
-from cnnlab.data.scan import scan_image
+from cnnlab.data.scan import scan_image, scan_images
+from cnnlab.data.scan_cache import cache_dir, clear_cache
 from cnnlab.errors import BadImagesError
 
 
@@ -62,3 +76,160 @@ def test_unsupported_format_is_bad(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "x.tiff")
     info = scan_image(str(tmp_path / "x.tiff"))
     assert not info.ok and "unsupported format TIFF" in info.problem
+
+
+# --------------------------------------------------------------------------- the scan cache
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch) -> Path:
+    """Each test its own cache folder ($CNNLAB_CACHE_DIR)."""
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """Counts the files Pillow opens (the scan's and the dataset check's decoding)."""
+    opened: list[str] = []
+    real_open = Image.open
+
+    def counting_open(fp, *args, **kwargs):
+        opened.append(str(getattr(fp, "name", fp)))
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    return opened
+
+
+def _infos(folder) -> tuple[list[str], list]:
+    paths = sorted(str(p) for p in folder.rglob("*.png"))
+    return paths, scan_images(paths)
+
+
+def test_second_scan_decodes_nothing(image_folder, decodes, own_cache):
+    paths, first = _infos(image_folder)
+    assert len(decodes) == len(paths) == 24
+    decodes.clear()
+    again = scan_images(paths)
+    assert decodes == [] and again == first
+    assert cache_dir() == own_cache  # $CNNLAB_CACHE_DIR, one file for the source folder
+    assert [p.name.split("-")[0] for p in own_cache.glob("*.sqlite")] == ["images"]
+
+
+def test_changed_added_and_removed_files_are_rescanned_alone(image_folder, decodes):
+    paths, first = _infos(image_folder)
+    touched, replaced, removed = paths[0], paths[1], paths[2]
+    os.utime(touched, ns=(time.time_ns(), time.time_ns() + 10**9))  # touch: newer mtime
+    data = Path(replaced).read_bytes()
+    Path(replaced).write_bytes(data[: len(data) // 2])  # replaced by a truncated copy
+    Path(removed).unlink()
+    added = image_folder / "circle" / "new.png"
+    Image.new("RGB", (9, 7)).save(added)
+    decodes.clear()
+    paths2, second = _infos(image_folder)
+    assert sorted(decodes) == sorted([touched, replaced, str(added)])
+    by_path = {i.path: i for i in second}
+    assert removed not in by_path and by_path[str(added)].width == 9
+    assert not by_path[replaced].ok and "truncated" in by_path[replaced].problem
+    assert by_path[touched] == first[0]
+    decodes.clear()
+    assert scan_images(paths2) == second and decodes == []  # and cached again
+
+
+def test_cache_bypassed_and_cleared(image_folder, decodes, monkeypatch):
+    paths, _ = _infos(image_folder)
+    decodes.clear()
+    scan_images(paths, cache=False)
+    assert len(decodes) == 24
+    monkeypatch.setenv("CNNLAB_NO_CACHE", "1")
+    decodes.clear()
+    scan_images(paths)
+    assert len(decodes) == 24
+    monkeypatch.delenv("CNNLAB_NO_CACHE")
+    removed, size = clear_cache()
+    assert removed >= 1 and size > 0 and not list(cache_dir().glob("*.sqlite"))
+    decodes.clear()
+    scan_images(paths)
+    assert len(decodes) == 24  # nothing cached after clearing
+
+
+def test_cache_cli_clear(image_folder, capsys):
+    from cnnlab.cli.main import main
+
+    _infos(image_folder)
+    assert main(["data", "cache", "info"]) == 0
+    out = capsys.readouterr().out
+    assert str(cache_dir()) in out and "images-" in out and str(image_folder) in out
+    assert main(["data", "cache", "clear"]) == 0
+    assert "Removed 1 cache file(s)" in capsys.readouterr().out
+    assert not list(cache_dir().glob("*.sqlite"))
+
+
+def test_dataset_check_is_cached_per_file(image_folder, decodes):
+    from cnnlab.data.inspect import inspect_data
+
+    first = inspect_data(f"folder:{image_folder}").to_dict()
+    assert len(decodes) == 24
+    decodes.clear()
+    again = inspect_data(f"folder:{image_folder}").to_dict()
+    assert decodes == []
+    first["seconds"] = again["seconds"] = 0
+    assert again == first
+    os.utime(image_folder / "circle" / "circle_000.png", ns=(time.time_ns(), time.time_ns()))
+    fast = inspect_data(f"folder:{image_folder}", full_decode=False)  # its own entries
+    assert len(decodes) == 24 and fast.num_images == 24
+    decodes.clear()
+    inspect_data(f"folder:{image_folder}", cache=False)
+    assert len(decodes) == 24
+
+
+# --------------------------------------------------------------------------- progress
+def _read_all(fd: int) -> str:
+    chunks = []
+    while select.select([fd], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the terminal's other end is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal_not_in_a_pipe(image_folder, monkeypatch, caplog):
+    paths = sorted(str(p) for p in image_folder.rglob("*.png"))
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
+    with os.fdopen(slave, "w") as terminal:
+        monkeypatch.setattr(sys, "stderr", terminal)
+        scan_images(paths, cache=False)
+        scan_images(paths, cache=False, quiet=True)
+    shown = _read_all(master)
+    os.close(master)
+    assert shown.count("Scanning") >= 1 and "24/24" in shown and "file/s" in shown
+    assert "100%" in shown and "<00:00" in shown  # rate and time left
+    read, write = os.pipe()
+    with os.fdopen(write, "w") as pipe:
+        monkeypatch.setattr(sys, "stderr", pipe)
+        with caplog.at_level(logging.INFO, logger="cnnlab"):
+            scan_images(paths, cache=False)
+    assert _read_all(read) == ""  # no bar in a pipe, and no log line for a short scan
+    os.close(read)
+    assert "Scanning" not in caplog.text
+
+
+def test_progress_log_lines_when_not_a_terminal(caplog):
+    from cnnlab._progress import Progress
+
+    stream = io.StringIO()  # not a terminal
+    with caplog.at_level(logging.INFO, logger="cnnlab"):
+        with Progress(50, "Checking", stream=stream, log_every=0) as progress:
+            for _ in range(50):
+                progress.update()
+        with Progress(50, "Quiet", stream=stream, log_every=0, quiet=True) as progress:
+            progress.update(50)
+    assert stream.getvalue() == ""
+    lines = [r.getMessage() for r in caplog.records]
+    assert "Checking: 1 of 50 files (2 %)" in lines[0] and "files/s, about" in lines[0]
+    assert lines[-1].startswith("Checking: 50 files in ")
+    assert len(lines) == 50 and not any("Quiet" in line for line in lines)

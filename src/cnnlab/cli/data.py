@@ -24,6 +24,9 @@ undecodable files, extension vs real format, EXIF rotation, exact and near
 duplicates (resized / re-encoded copies) within and across splits, and names
 every train/test leakage pair. Writes inspect.html, inspect.json and
 duplicates.csv (leakage.csv when there is leakage).
+\b
+Per-file results are cached (see `cnnlab data cache --help`): a second check
+of unchanged files does not read them again.
 """,
 )
 @click.argument("spec")
@@ -53,7 +56,15 @@ duplicates.csv (leakage.csv when there is leakage).
     help="Exit with status 1 when files cannot be decoded, copies leak across splits "
     "or copies carry different labels.",
 )
-def inspect_cmd(spec, data_dir, output, overwrite, fast, no_near, max_distance, strict) -> None:
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Read every file, even those an earlier check saw unchanged (also: CNNLAB_NO_CACHE=1).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar or progress log lines.")
+def inspect_cmd(
+    spec, data_dir, output, overwrite, fast, no_near, max_distance, strict, no_cache, quiet
+) -> None:
     """Check a data source: counts, sizes, bad files, EXIF rotation, duplicates, leakage."""
     from pathlib import Path
 
@@ -72,6 +83,8 @@ def inspect_cmd(spec, data_dir, output, overwrite, fast, no_near, max_distance, 
         full_decode=not fast,
         near_duplicates=not no_near,
         max_distance=DEFAULT_HASH_DISTANCE if max_distance is None else max_distance,
+        cache=False if no_cache else None,
+        quiet=quiet,
     )
     click.echo(report.format_text())
     written = report.write(out)
@@ -82,3 +95,46 @@ def inspect_cmd(spec, data_dir, output, overwrite, fast, no_near, max_distance, 
     )
     if strict and (report.undecodable or report.leakage or report.label_conflicts):
         click.get_current_context().exit(1)
+
+
+@data.group(
+    "cache",
+    epilog="""\b
+Examples:
+  cnnlab data cache info      # where it is, one file per source folder
+  cnnlab data cache clear     # delete it all
+\b
+The pre-flight scan before training and the dataset check keep each file's
+result, keyed by its absolute path, size and modification time, so a second
+run on unchanged data decodes nothing; a changed, added or removed file is
+rescanned alone. Location: $CNNLAB_CACHE_DIR, default ~/.cache/cnnlab/scan/.
+Bypass it with CNNLAB_NO_CACHE=1 (or `data inspect --no-cache`).
+""",
+)
+def cache() -> None:
+    """The scan cache: per-file results of the scan and the dataset check."""
+
+
+@cache.command("info")
+def cache_info() -> None:
+    """Show where the cache is and what it holds."""
+    from cnnlab.data.scan_cache import cache_dir, cache_summary
+
+    click.echo(f"scan cache: {cache_dir()}")
+    rows = cache_summary()
+    for row in rows:
+        click.echo(
+            f"  {row['file']}  {row['bytes'] / 1e6:.1f} MB  {row['entries']:,} entries  "
+            f"{row['folder']}{'' if row['exists'] else '  (folder gone)'}"
+        )
+    if not rows:
+        click.echo("  (empty)")
+
+
+@cache.command("clear")
+def cache_clear() -> None:
+    """Delete every cached result (the next scan decodes every file again)."""
+    from cnnlab.data.scan_cache import cache_dir, clear_cache
+
+    removed, size = clear_cache()
+    click.echo(f"Removed {removed} cache file(s), {size / 1e6:.1f} MB, from {cache_dir()}")

@@ -8,12 +8,19 @@ need: format, colour mode and size.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from PIL import Image, UnidentifiedImageError
+
+from cnnlab._progress import Progress
+from cnnlab.data.scan_cache import FileCache
+
+log = logging.getLogger("cnnlab")
 
 # What tf.io.decode_image reads (checked with TF 2.21): the pipeline decodes
 # with TensorFlow, so a file Pillow opens but TensorFlow cannot is "unsupported".
@@ -21,9 +28,16 @@ SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".jfif")
 
 _EXT_FORMAT = {
-    ".jpg": "JPEG", ".jpeg": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".gif": "GIF",
-    ".bmp": "BMP", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
-}  # fmt: skip
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".jfif": "JPEG",
+    ".png": "PNG",
+    ".gif": "GIF",
+    ".bmp": "BMP",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
 
 
 @dataclass
@@ -71,19 +85,73 @@ def scan_image(path: str) -> ImageInfo:
         return ImageInfo(path, False, f"too large: {e}")
     if fmt not in SUPPORTED_FORMATS:
         return ImageInfo(
-            path, False, f"unsupported format {fmt} (use JPEG, PNG, GIF, BMP or WebP)",
-            fmt, mode, w, h,
-        )  # fmt: skip
+            path,
+            False,
+            f"unsupported format {fmt} (use JPEG, PNG, GIF, BMP or WebP)",
+            fmt,
+            mode,
+            w,
+            h,
+        )
     return ImageInfo(path, True, "", fmt, mode, w, h)
 
 
-def scan_images(paths: Sequence[str], workers: int | None = None) -> list[ImageInfo]:
-    """Scan many files in parallel; the result is in the order of ``paths``."""
-    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+def _scan_many(paths: Sequence[str], workers: int | None) -> Iterator[ImageInfo]:
+    """Scan files in parallel threads, yielding results in the order of ``paths``."""
     if len(paths) < 64:
-        return [scan_image(p) for p in paths]
+        yield from map(scan_image, paths)
+        return
+    workers = workers or min(8, (os.cpu_count() or 2) * 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(scan_image, paths, chunksize=64))
+        yield from pool.map(scan_image, paths, chunksize=64)
+
+
+def scan_images(
+    paths: Sequence[str],
+    workers: int | None = None,
+    *,
+    cache: bool | None = None,
+    quiet: bool = False,
+) -> list[ImageInfo]:
+    """Scan many files in parallel; the result is in the order of ``paths``.
+
+    Results are cached per file (see :mod:`cnnlab.data.scan_cache`): files
+    unchanged since an earlier scan (same path, size and modification time)
+    are not decoded again. ``cache=False`` (or ``CNNLAB_NO_CACHE=1``) scans
+    everything. Shows a progress bar on a terminal, periodic log lines
+    otherwise, nothing with ``quiet=True``.
+
+    Example:
+        >>> bad = [info for info in scan_images(paths) if not info.ok]
+    """
+    paths = [str(p) for p in paths]
+    store = FileCache.open(paths, "scan", cache)
+    infos: list[ImageInfo | None] = [None] * len(paths)
+    keys: list = [None] * len(paths)
+    if store is not None:
+        hits, keys = store.lookup(paths)
+        for i, (value, _) in hits.items():
+            infos[i] = ImageInfo(paths[i], **json.loads(value))
+        if hits:
+            log.info(
+                "Scan cache: %d of %d files unchanged, not decoded again", len(hits), len(paths)
+            )
+    todo = [i for i, info in enumerate(infos) if info is None]
+    pending: list = []
+    with Progress(len(todo), "Scanning", unit="file", quiet=quiet) as progress:
+        for i, info in zip(todo, _scan_many([paths[i] for i in todo], workers)):
+            infos[i] = info
+            progress.update()
+            if store is not None:
+                value = {k: v for k, v in info.to_dict().items() if k != "path"}
+                pending.append((paths[i], keys[i], json.dumps(value), None))
+                if len(pending) >= 2000:
+                    store.store(pending)
+                    pending = []
+    if store is not None:
+        store.store(pending)
+        store.close()
+    return infos  # type: ignore[return-value]
 
 
 def is_grayscale(info: ImageInfo) -> bool:

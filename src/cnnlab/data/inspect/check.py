@@ -39,14 +39,19 @@ def _split_names(source: Source, split) -> np.ndarray:
 
 
 def read_source(
-    source: Source, split, full_decode: bool, workers: int
+    source: Source,
+    split,
+    full_decode: bool,
+    workers: int,
+    cache: bool | None = None,
+    quiet: bool = False,
 ) -> tuple[list[FileCheck], np.ndarray]:
-    """Step 1: one :class:`FileCheck` and one thumbnail per image."""
+    """Step 1: one :class:`FileCheck` and one thumbnail per image (cached per file)."""
     names = _split_names(source, split)
     labels = [source.class_names[y] for y in source.labels]
     if source.is_files:
         paths = [str(p) for p in source.paths]
-        return file_checks(paths, names, labels, full_decode, workers)
+        return file_checks(paths, names, labels, full_decode, workers, cache=cache, quiet=quiet)
     return array_checks(source.spec, source.images, names, labels)
 
 
@@ -82,6 +87,8 @@ def inspect_data(
     max_distance: int = DEFAULT_HASH_DISTANCE,
     max_difference: float = DEFAULT_PIXEL_DIFFERENCE,
     workers: int | None = None,
+    cache: bool | None = None,
+    quiet: bool = False,
 ) -> InspectReport:
     """Check a data source: counts, sizes, modes, bad files, EXIF rotation, duplicates, leakage.
 
@@ -94,6 +101,10 @@ def inspect_data(
         near_duplicates: also look for resized / re-encoded copies (perceptual hash).
         max_distance: largest pHash Hamming distance (of 63 bits) for a candidate pair.
         max_difference: largest thumbnail difference for a confirmed near duplicate.
+        cache: ``False`` reads every file even when an earlier check of the same,
+            unchanged file is cached (see :mod:`cnnlab.data.scan_cache`);
+            ``CNNLAB_NO_CACHE=1`` does the same.
+        quiet: no progress bar (terminal) or progress log lines (elsewhere).
 
     Example:
         >>> report = inspect_data("folder:flowers")
@@ -104,7 +115,7 @@ def inspect_data(
     t0 = time.perf_counter()
     source = spec if isinstance(spec, Source) else open_source(spec, data_dir)
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
-    checks, thumbs = read_source(source, split, full_decode, workers)
+    checks, thumbs = read_source(source, split, full_decode, workers, cache, quiet)
     good = [c for c in checks if c.ok and c.split != "skipped"]
     found = find_duplicates(checks, thumbs, near_duplicates, max_distance, max_difference)
     report = InspectReport(
@@ -129,7 +140,10 @@ def inspect_data(
 
 
 def check_before_training(
-    bundle, run_dir: str | os.PathLike | None = None, logger: logging.Logger | None = None
+    bundle,
+    run_dir: str | os.PathLike | None = None,
+    logger: logging.Logger | None = None,
+    quiet: bool = False,
 ) -> InspectReport | None:
     """The brief dataset check the trainer runs on file-based data, against the split it drew.
 
@@ -137,6 +151,7 @@ def check_before_training(
     logs one warning per problem: leakage between train and val/test (with the
     first pairs), duplicates, label conflicts, EXIF rotation, imbalance.
     With ``run_dir``, writes ``inspect.json``, ``inspect.html`` and the CSVs there.
+    Per-file results are cached between runs; ``quiet`` hides the progress output.
     Returns None for in-memory (builtin) data.
 
     Example:
@@ -145,7 +160,7 @@ def check_before_training(
     logger = logger or log
     if not bundle.source.is_files:
         return None
-    report = inspect_data(bundle.source, split=bundle.split, full_decode=False)
+    report = inspect_data(bundle.source, split=bundle.split, full_decode=False, quiet=quiet)
     for p in report.problems():
         logger.warning("Data check: %s", p)
     for p in report.leakage[:5]:

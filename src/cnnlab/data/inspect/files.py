@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from cnnlab._progress import Progress
 from cnnlab.data.scan import _EXT_FORMAT, SUPPORTED_FORMATS
+from cnnlab.data.scan_cache import FileCache
+
+log = logging.getLogger("cnnlab")
 
 THUMB = 32  # thumbnail side for the perceptual hash and the confirmation
 EXIF_ORIENTATION = 0x0112
@@ -122,23 +128,66 @@ def examine_file(path: str, full_decode: bool) -> tuple[dict, np.ndarray | None]
     return info, thumb
 
 
+def _cached(store: FileCache | None, paths: list[str]) -> tuple[dict, list]:
+    """Cached (info, thumbnail) of unchanged files by index, and every file's (size, mtime)."""
+    if store is None:
+        return {}, [None] * len(paths)
+    hits, keys = store.lookup(paths)
+    found = {}
+    for i, (value, blob) in hits.items():
+        thumb = None if blob is None else np.frombuffer(blob, np.uint8).reshape(THUMB, THUMB)
+        found[i] = (json.loads(value), thumb)
+    if found:
+        log.info(
+            "Data check cache: %d of %d files unchanged, not read again", len(found), len(paths)
+        )
+    return found, keys
+
+
 def file_checks(
     paths: list[str],
     names: np.ndarray,
     labels: list[str],
     full_decode: bool,
     workers: int,
+    *,
+    cache: bool | None = None,
+    quiet: bool = False,
 ) -> tuple[list[FileCheck], np.ndarray]:
-    """Examine every file (in threads); the checks in the order of ``paths`` and their thumbnails."""
+    """Examine every file (in threads); the checks in the order of ``paths`` and their thumbnails.
+
+    Per-file results are cached like the pre-flight scan's
+    (:mod:`cnnlab.data.scan_cache`; one entry per decode mode): unchanged files
+    are not read again. A progress bar (terminal) or log lines show the reading.
+    """
+    store = FileCache.open(paths, "check-full" if full_decode else "check-fast", cache)
+    results, keys = _cached(store, paths)
+    todo = [i for i in range(len(paths)) if i not in results]
+
+    def run(i: int):
+        return examine_file(paths[i], full_decode)
+
+    pending: list = []
+    with (
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        Progress(len(todo), "Checking", unit="file", quiet=quiet) as progress,
+    ):
+        for i, (info, thumb) in zip(todo, pool.map(run, todo, chunksize=64)):
+            results[i] = (info, thumb)
+            progress.update()
+            if store is not None:
+                blob = None if thumb is None else thumb.tobytes()
+                pending.append((paths[i], keys[i], json.dumps(info), blob))
+                if len(pending) >= 2000:
+                    store.store(pending)
+                    pending = []
+    if store is not None:
+        store.store(pending)
+        store.close()
     thumbs = np.zeros((len(paths), THUMB, THUMB), np.uint8)
-
-    def run(path: str):
-        return examine_file(path, full_decode)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(run, paths, chunksize=64))
     checks = []
-    for i, (info, thumb) in enumerate(results):
+    for i in range(len(paths)):
+        info, thumb = results[i]
         checks.append(FileCheck(i, paths[i], names[i], labels[i], **info))
         if thumb is not None:
             thumbs[i] = thumb
