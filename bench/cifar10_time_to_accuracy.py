@@ -94,7 +94,7 @@ def run_fast(root: Path, args, test, curve: list, name: str, width: float | None
     if batch_size:
         options["batch_size"] = batch_size
     result = cnnlab.train(data=f"folder:{root / 'train'}", recipe="fast", val_split=0.0,
-                          test_split=0.0, output=out, verbose=0, seed=args.seed, callbacks=[cb],
+                          test_split=0.0, runs_dir=out, verbose=0, seed=args.seed, callbacks=[cb],
                           **options)  # fmt: skip
     total = time.perf_counter() - t0
     return {"run_dir": str(result.run_dir), "setup_seconds": round(total - cb.train_seconds

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["model_kwargs"] = {"width": args.width}
     t0 = time.perf_counter()
     result = cnnlab.train(data="builtin:fashion_mnist", val_split=0.0, seed=args.seed, verbose=0,
-                          output=args.runs or tempfile.mkdtemp(prefix="cnnlab-fmnist-"), **overrides)  # fmt: skip
+                          runs_dir=args.runs or tempfile.mkdtemp(prefix="cnnlab-fmnist-"), **overrides)  # fmt: skip
     wall = time.perf_counter() - t0
     history = result.history
     row = {"recipe": result.config.recipe, "model": result.config.model,

@@ -106,7 +106,7 @@ def run_cnnlab(model: str, args, folder: Path, out: Path) -> dict:
     result = cnnlab.fine_tune(
         data=f"folder:{folder}", model=model, weights="imagenet", image_size=args.image_size,
         batch_size=args.batch_size, freeze_epochs=args.freeze_epochs, epochs=args.epochs,
-        seed=args.seed, output=str(out), verbose=args.verbose, **SPLIT,
+        seed=args.seed, runs_dir=str(out), verbose=args.verbose, **SPLIT,
     )  # fmt: skip
     m = result.metrics
     s1, s2 = m["stages"].get("1", {}), m["stages"].get("2", {})
@@ -131,7 +131,7 @@ def run_scratch(args, folder: Path, out: Path, budget: float) -> dict:
     from cnnlab.run_folder import read_history
 
     common = dict(data=f"folder:{folder}", model=args.scratch_model, image_size=args.image_size,
-                  batch_size=args.batch_size, seed=args.seed, output=str(out),
+                  batch_size=args.batch_size, seed=args.seed, runs_dir=str(out),
                   verbose=args.verbose, **SPLIT)  # fmt: skip
     # One probe epoch times an epoch, so the real run's cosine schedule ends on time.
     probe = cnnlab.train(epochs=1, name="scratch-probe", overwrite=True, **common)

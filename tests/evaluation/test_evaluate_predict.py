@@ -17,7 +17,7 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ev")
     folder = make_image_folder(root / "train", classes=("a", "b", "c"), per_class=20)
-    result = cnnlab.train(data=f"folder:{folder}", epochs=8, output=str(root / "runs"), **TINY)
+    result = cnnlab.train(data=f"folder:{folder}", epochs=8, runs_dir=str(root / "runs"), **TINY)
     return result, root
 
 
