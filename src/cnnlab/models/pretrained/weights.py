@@ -171,8 +171,9 @@ def _download(file_name: str, url: str, file_hash: str | None, folder: pathlib.P
     """Fetch a weights file into ``folder`` the way keras.applications does (a seam for tests)."""
     from keras.utils import get_file
 
-    return get_file(file_name, url, file_hash=file_hash, cache_subdir="models",
-                    cache_dir=str(folder.parent))  # fmt: skip
+    return get_file(
+        file_name, url, file_hash=file_hash, cache_subdir="models", cache_dir=str(folder.parent)
+    )
 
 
 def resolve_weights(model: str, weights: str | os.PathLike | None) -> pathlib.Path | None:
