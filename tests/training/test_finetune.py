@@ -45,6 +45,19 @@ def flowers(make_folder) -> Path:
     return make_folder("flowers", classes=("red", "green", "blue"), per_class=16, size=32)
 
 
+@pytest.fixture
+def tiny_fine_tune(backbone_weights, runs_dir):
+    """``fine_tune`` with the test backbone, one epoch per stage, the top block unfrozen."""
+
+    def run(**kwargs):
+        options = {"image_size": 32, "batch_size": 8, "verbose": 0, "epochs": 1, **kwargs}
+        weights = str(backbone_weights)
+        folder = str(runs_dir / "finetune")
+        return fine_tune(weights=weights, freeze_epochs=1, unfreeze="1", runs_dir=folder, **options)
+
+    return run
+
+
 def _bn_state(model) -> list[np.ndarray]:
     return [w.numpy().copy() for bn in batchnorm_layers(get_backbone(model)) for w in bn.weights]
 
@@ -140,35 +153,11 @@ def test_stage2_never_leaves_the_model_worse_and_the_cli_reports_both(
     from cnnlab.cli.main import main
 
     # A learning rate this large wrecks stage 2; the run must keep stage 1's best epoch.
+    flags = "-b 8 --val-split 0.25 --test-split 0.25 --freeze-epochs 4 --lr 0.01 --epochs 2"
+    flags += " --unfreeze all --stage2-learning-rate 50 -q"
     code = main(
-        [
-            "finetune",
-            "--data",
-            f"folder:{flowers}",
-            "--weights",
-            str(backbone_weights),
-            "--image-size",
-            "32",
-            "-b",
-            "8",
-            "--val-split",
-            "0.25",
-            "--test-split",
-            "0.25",
-            "--freeze-epochs",
-            "4",
-            "--lr",
-            "0.01",
-            "--epochs",
-            "2",
-            "--unfreeze",
-            "all",
-            "--stage2-learning-rate",
-            "50",
-            "--runs-dir",
-            str(runs_dir),
-            "-q",
-        ]
+        ["finetune", "--data", f"folder:{flowers}", "--weights", str(backbone_weights)]
+        + ["--image-size", "32", "--runs-dir", str(runs_dir), *flags.split()]
     )
     out = capsys.readouterr().out
     assert code == 0, out
@@ -249,7 +238,11 @@ def test_lr_find_sweeps_the_head_and_suggests_a_rate(flowers, tmp_path, backbone
     )
     assert result.stage == "head" and len(result.learning_rates) >= 11
     assert 1e-5 <= result.learning_rates[0] < result.learning_rates[-1] <= 10.0
-    assert result.suggestion is not None and 1e-6 <= result.suggestion <= 1.0
+    # The suggestion is a tenth of the rate where the smoothed loss was lowest.
+    finite = [i for i, v in enumerate(result.smoothed) if np.isfinite(v)]
+    lowest = min(finite, key=lambda i: result.smoothed[i])
+    assert result.min_loss_lr == pytest.approx(result.learning_rates[lowest])
+    assert result.suggestion == pytest.approx(result.min_loss_lr / 10)
     for name in ("lr_find.png", "lr_find.csv", "lr_find.json"):
         assert (tmp_path / "lr" / name).is_file()
     assert "Suggested learning rate" in caplog.text
@@ -267,21 +260,11 @@ def test_finetune_config_accepts_train_aliases_and_refuses_typos(tmp_path):
         resolve_finetune_config(path)
 
 
-def test_fine_tune_scores_the_test_folder_beside_train(make_folder, runs_dir, backbone_weights):
+def test_fine_tune_scores_the_test_folder_beside_train(make_folder, tiny_fine_tune):
     classes = ("red", "green", "blue")
     train_dir = make_folder("petals/train", classes=classes, per_class=8, size=32)
     test_dir = make_folder("petals/test", classes=classes[:2], per_class=3, size=32, seed=2)
-    result = fine_tune(
-        data=f"folder:{train_dir}",
-        weights=str(backbone_weights),
-        image_size=32,
-        batch_size=8,
-        freeze_epochs=1,
-        epochs=1,
-        unfreeze="1",
-        runs_dir=str(runs_dir),
-        verbose=0,
-    )
+    result = tiny_fine_tune(data=f"folder:{train_dir}")
     assert result.config.test_data == f"folder:{test_dir}" and result.config.test_split == 0.0
     test = result.metrics["test"]
     assert test["num_examples"] == 6 and test["data"] == f"folder:{test_dir}"
@@ -290,50 +273,32 @@ def test_fine_tune_scores_the_test_folder_beside_train(make_folder, runs_dir, ba
 
 
 # ---------------------------------------------------------------- train and fine_tune agree
-def _run_both(folder, runs_dir, backbone_weights, **split):
+def _run_both(folder, runs_dir, tiny_fine_tune, **split):
     import cnnlab
 
-    common = dict(
-        data=f"folder:{folder}", image_size=32, batch_size=8, epochs=1, verbose=1, **split
-    )
+    common = dict(data=f"folder:{folder}", image_size=32, batch_size=8, epochs=1, verbose=1)
     trained = cnnlab.train(
         model="simple_cnn",
         model_kwargs={"filters": [8], "dense": [8]},
         runs_dir=str(runs_dir / "train"),
         **common,
+        **split,
     )
-    tuned = fine_tune(
-        weights=str(backbone_weights),
-        freeze_epochs=1,
-        unfreeze="1",
-        runs_dir=str(runs_dir / "finetune"),
-        **common,
-    )
+    tuned = tiny_fine_tune(**common, **split)
     return trained, tuned
 
 
-def test_fine_tune_result_report_is_the_written_report(flowers, runs_dir, backbone_weights):
-    result = fine_tune(
-        data=f"folder:{flowers}",
-        weights=str(backbone_weights),
-        image_size=32,
-        batch_size=8,
-        freeze_epochs=1,
-        epochs=1,
-        unfreeze="1",
-        test_split=0.25,
-        runs_dir=str(runs_dir),
-        verbose=0,
-    )
+def test_fine_tune_result_report_is_the_written_report(flowers, tiny_fine_tune):
+    result = tiny_fine_tune(data=f"folder:{flowers}", test_split=0.25)
     assert result.report == result.run_dir / "report.html"
     assert result.report.is_file() and "test split" in result.report.read_text()
     assert (result.run_dir / "report.json").is_file()
 
 
 def test_without_a_test_split_train_and_fine_tune_both_report_the_validation_split(
-    flowers, runs_dir, backbone_weights
+    flowers, runs_dir, tiny_fine_tune
 ):
-    trained, tuned = _run_both(flowers, runs_dir, backbone_weights, test_split=0, val_split=0.25)
+    trained, tuned = _run_both(flowers, runs_dir, tiny_fine_tune, test_split=0, val_split=0.25)
     expected = f"folder:{flowers} (validation split: the run has no test set)"
     for result in (trained, tuned):
         run = result.run_dir
@@ -346,10 +311,10 @@ def test_without_a_test_split_train_and_fine_tune_both_report_the_validation_spl
 
 
 def test_without_held_out_data_train_and_fine_tune_both_log_how_to_get_a_report(
-    flowers, runs_dir, backbone_weights, caplog
+    flowers, runs_dir, tiny_fine_tune, caplog
 ):
     caplog.set_level(logging.INFO, logger="cnnlab")
-    trained, tuned = _run_both(flowers, runs_dir, backbone_weights, test_split=0, val_split=0)
+    trained, tuned = _run_both(flowers, runs_dir, tiny_fine_tune, test_split=0, val_split=0)
     for result in (trained, tuned):
         assert result.report is None and result.evaluation is None
         assert not (result.run_dir / "report.html").exists()
@@ -367,27 +332,11 @@ def test_lr_find_cli_writes_the_sweep_and_prints_the_suggestion(image_folder, ru
 
     from cnnlab.cli.main import main
 
+    flags = "--model simple_cnn -b 8 --steps 12 --start-learning-rate 1e-4"
+    flags += " --end-learning-rate 0.01 -q"
     code = main(
-        [
-            "lr-find",
-            "--data",
-            f"folder:{image_folder}",
-            "--model",
-            "simple_cnn",
-            "--model-kwargs",
-            "filters=[8] dense=[8]",
-            "-b",
-            "8",
-            "--steps",
-            "12",
-            "--start-learning-rate",
-            "1e-4",
-            "--end-learning-rate",
-            "0.01",
-            "--runs-dir",
-            str(runs_dir),
-            "-q",
-        ]
+        ["lr-find", "--data", f"folder:{image_folder}", "--runs-dir", str(runs_dir)]
+        + ["--model-kwargs", "filters=[8] dense=[8]", *flags.split()]
     )
     out = capsys.readouterr().out
     assert code == 0, out

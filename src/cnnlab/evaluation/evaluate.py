@@ -138,7 +138,10 @@ def score_run(
     if data is None and split == "test" and cfg.get("test_data"):
         data = cfg["test_data"]  # the run's separate test set
     if data is None:
-        bundle, label_map, tag = _saved_split(loaded, split, batch_size, skip_bad_images, data_dir)
+        label_map, tag = None, split
+        bundle = load_saved_split(
+            loaded, batch_size=batch_size, skip_bad_images=skip_bad_images, data_dir=data_dir
+        )
     else:
         bundle, label_map = load_test_data(
             data,
@@ -162,8 +165,15 @@ def score_run(
     return ScoredRun(result, loaded, bundle, split)
 
 
-def _saved_split(loaded, split: str, batch_size: int, skip_bad_images: bool, data_dir):
-    """The run's own data with the split it saved: ``(bundle, None, tag)``."""
+def load_saved_split(
+    loaded, *, batch_size: int = 64, skip_bad_images: bool = False, data_dir: str | None = None
+):
+    """The data of the run ``loaded`` came from, split as that run saved it (``split.csv``),
+    without augmentation: what ``evaluate`` and the report score (builtin sources too).
+
+    Raises:
+        DataError: the model is not inside a run folder (there is no saved split).
+    """
     from cnnlab.data import load_data
     from cnnlab.data.sources import open_source
     from cnnlab.data.splits import Split
@@ -189,7 +199,7 @@ def _saved_split(loaded, split: str, batch_size: int, skip_bad_images: bool, dat
         augment="none",
         skip_bad_images=skip_bad_images,
     )
-    return bundle, None, split
+    return bundle
 
 
 def load_test_data(

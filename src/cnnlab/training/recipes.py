@@ -143,7 +143,7 @@ def apply_recipe(
     """Resolve the recipe and fill in its defaults for every key not in ``explicit``.
 
     The fast recipe sets ``val_split`` 0 when none was given; the caller redraws
-    the split when that changes it (see ``trainer.train``).
+    the split when that changes it (see ``cnnlab.workflows.train``).
 
     ``channels`` picks the default width and epochs (``FAST`` for colour,
     ``FAST_GRAY`` for grayscale).

@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
-import os
+from typing import Any
 
 from cnnlab.evaluation.evaluate import EvaluationResult, score_run
 
 __all__ = ["evaluate"]
 
 
-def evaluate(
-    model_or_run,
-    data: str | None = None,
-    *,
-    split: str = "test",
-    batch_size: int = 64,
-    top_k: int = 5,
-    output: str | os.PathLike | None = None,
-    skip_bad_images: bool = False,
-    data_dir: str | None = None,
-) -> EvaluationResult:
+def evaluate(model_or_run, data: str | None = None, **options: Any) -> EvaluationResult:
     """Evaluate a run folder or ``.keras`` model and write its report.
 
-    Without ``data``, a run is scored on the ``split`` it saved (its held-out
-    test images by default). With ``data`` (a spec), every image of that
-    source is scored, or its ``split`` if it has train/val/test parts. Class
-    names are matched by name, so a test folder may hold a subset of classes.
+    Without ``data``, a run is scored on the split it saved (its held-out test
+    images by default). With ``data`` (a spec), every image of that source is
+    scored, or its ``split`` if it has train/val/test parts. Class names are
+    matched by name, so a test folder may hold a subset of classes.
+
+    Args:
+        model_or_run: a run folder or a ``.keras`` file.
+        data: labelled images to score instead of the run's saved split.
+        **options: ``split`` (test), ``batch_size`` (64), ``top_k`` (5), ``output``
+            (the results folder), ``skip_bad_images``, ``data_dir``: those of
+            :func:`cnnlab.evaluation.evaluate.score_run`.
 
     Results and ``report.html`` are written to ``<run>/evaluation-<tag>/`` (never
     over an earlier one) or to ``output``; ``report_path`` is the report's path
@@ -37,16 +34,7 @@ def evaluate(
     """
     from cnnlab.evaluation.report import try_write_report
 
-    scored = score_run(
-        model_or_run,
-        data,
-        split=split,
-        batch_size=batch_size,
-        top_k=top_k,
-        output=output,
-        skip_bad_images=skip_bad_images,
-        data_dir=data_dir,
-    )
+    scored = score_run(model_or_run, data, **options)
     result = scored.result
     result.report_path = try_write_report(
         scored.loaded.run_dir,
@@ -54,6 +42,6 @@ def evaluate(
         model=scored.loaded.model,
         bundle=scored.bundle,
         evaluation=result,
-        split=split,
+        split=scored.split,
     )
     return result
