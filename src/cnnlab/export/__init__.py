@@ -10,6 +10,15 @@ from cnnlab.export.parity import THRESHOLDS
 from cnnlab.models.saving import LoadedModel, load_for_inference, load_model, save_model
 
 __all__ = [
-    "FILES", "FORMATS", "THRESHOLDS", "ExportResult", "LoadedModel", "export_keras",
-    "export_model", "load_for_inference", "load_model", "parse_formats", "save_model",
-]  # fmt: skip
+    "FILES",
+    "FORMATS",
+    "THRESHOLDS",
+    "ExportResult",
+    "LoadedModel",
+    "export_keras",
+    "export_model",
+    "load_for_inference",
+    "load_model",
+    "parse_formats",
+    "save_model",
+]

@@ -256,8 +256,8 @@ def export_model(model_or_run, formats="all", output: str | os.PathLike | None =
         "source_model": str(Path(loaded.model_path).resolve()),
         "model": loaded.config.get("model", loaded.model.name),
         "parity_data": data or f"{loaded.config.get('data')} ({split} split)",
-        "test_metrics": {k: v for k, v in metrics.items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        "test_metrics": {k: v for k, v in (metrics.get("test") or {}).items()
+                         if isinstance(v, (int, float, str)) and not isinstance(v, bool)},
     }  # fmt: skip
     return export_keras(loaded.model, out, fmts, class_names=loaded.class_names, images=images,
                         labels=labels, representative=representative, resize=loaded.resize,

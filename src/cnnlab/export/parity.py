@@ -98,7 +98,7 @@ def format_table(rows: list[dict]) -> str:
         acc = "-" if p["accuracy"] is None else f"{p['accuracy']:.2%}"
         kacc = "-" if p["keras_accuracy"] is None else f"{p['keras_accuracy']:.2%}"
         status = "ok" if p["passed"] else "FAILED: " + "; ".join(p["problems"])
-        lines.append(f"{r['format']:<12} {r['file']:<20} {_size(r['bytes']):>10}  "
+        lines.append(f"{r['format']:<12} {r['file'] or '(deleted)':<20} {_size(r['bytes']):>10}  "
                      f"{p['runtime']:<27} {p['max_abs_diff']:>9.2e} {p['top1_agreement']:>11.2%} "
                      f"{acc:>9} {kacc:>9}  {status}")  # fmt: skip
     return "\n".join(lines)

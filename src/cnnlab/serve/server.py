@@ -1,0 +1,73 @@
+"""Starting the server: find the artifact, open it, run uvicorn (one process, one event loop).
+
+A run folder is served through its ONNX export (``<run>/export/model.onnx``); when
+there is none, ``cnnlab export RUN --format onnx`` runs first in a child process, so
+this process never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from cnnlab.errors import ModelError, RunError
+from cnnlab.run_folder import RunFolder
+from cnnlab.runtime.artifact import find_artifact, is_artifact, load_artifact
+from cnnlab.serve.app import ServeOptions, create_app
+
+
+def resolve_model(model: str | os.PathLike) -> Path:
+    """The artifact to serve for ``model``: itself, or a run folder's ONNX export."""
+    path = Path(model)
+    if is_artifact(path):
+        return path
+    if path.is_dir() and (path / "config.yaml").is_file():
+        run = RunFolder.open(path)
+        export = run.path / "export"
+        try:
+            return find_artifact(export, prefer=("onnx",))
+        except ModelError:
+            pass
+        print(f"cnnlab: {path} has no ONNX export yet; running `cnnlab export {path} --format onnx`",
+              file=sys.stderr)  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", "cnnlab.cli.main", "export", str(path),
+                               "--format", "onnx"], stdout=subprocess.DEVNULL)  # fmt: skip
+        if done.returncode != 0:
+            raise RunError(f"Exporting {path} to ONNX failed (exit status {done.returncode})",
+                           fix=f"Run `cnnlab export {path} --format onnx` to see why")  # fmt: skip
+        return find_artifact(export, prefer=("onnx",))
+    raise ModelError(f"{path} is neither an exported model nor a run folder",
+                     expected="a .onnx or .tflite file, an export folder or a run folder",
+                     fix="Export a run with `cnnlab export RUN`")  # fmt: skip
+
+
+def run_server(model, *, host: str = "127.0.0.1", port: int = 8000, threads: int = 2,
+               **options) -> None:  # fmt: skip
+    """Serve ``model`` until interrupted; prints the URL once the socket listens."""
+    import uvicorn
+
+    artifact = load_artifact(resolve_model(model), threads=threads)
+    if artifact.format == "savedmodel":
+        raise ModelError(f"{artifact.path} is a SavedModel, which needs TensorFlow to run",
+                         fix="Serve the .onnx or .tflite export of the same run")  # fmt: skip
+    app = create_app(artifact, ServeOptions(threads=threads, **options))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        raise RunError(f"Cannot listen on {host}:{port} ({e.strerror})",
+                       fix="Pick another --port (0 picks a free one)") from None  # fmt: skip
+    sock.listen(2048)
+    bound = sock.getsockname()[1]
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{bound}/"
+    print(f"cnnlab: serving {artifact.path} ({artifact.format}, {len(artifact.class_names)} "
+          f"classes) on {url}", flush=True)  # fmt: skip
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=5,
+                            limit_concurrency=4 * options.get("queue_size", 32) + 16)  # fmt: skip
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
