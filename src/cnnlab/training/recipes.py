@@ -159,46 +159,44 @@ def apply_recipe(
     name = choose_recipe(cfg, explicit, image_size)
     if name == "plain":
         return cfg.replace(recipe="plain"), {}
-
-    def given(key: str) -> bool:
-        return key in explicit
-
-    d: dict[str, Any] = {}
-    if not given("model"):
-        d["model"] = FAST["model"]
     defaults = FAST_GRAY if channels == 1 else FAST
-    epochs = cfg.epochs if given("epochs") else defaults["epochs"]
-    batch = cfg.batch_size if given("batch_size") else fast_batch_size(n_train)
-    d.update(
-        epochs=epochs,
-        batch_size=batch,
-        optimizer="sgd",
-        momentum=FAST["momentum"],
-        nesterov=True,
-        learning_rate=FAST["lr_per_1024"] * batch / 1024,
-        weight_decay=FAST["weight_decay"],
-        label_smoothing=FAST["label_smoothing"],
-        schedule="linear",
-        warmup_epochs=round(FAST["warmup_fraction"] * epochs, 4),
-        augment="none",
-        random_crop=FAST["random_crop"],
-        translation=0.0,
-        flip="none" if cfg.data in NO_FLIP_DATASETS else "alternating",
-        val_split=FAST["val_split"],
-    )
-    d = {k: v for k, v in d.items() if not given(k)}
+    d = {
+        k: v for k, v in _fast_values(cfg, explicit, n_train, defaults).items() if k not in explicit
+    }
     # An explicit optimizer keeps its own default learning rate and momentum.
-    if given("optimizer") and cfg.optimizer != "sgd":
+    if "optimizer" in explicit and cfg.optimizer != "sgd":
         for k in ("learning_rate", "momentum", "nesterov", "weight_decay"):
             d.pop(k, None)
-    model = d.get("model", cfg.model)
-    if model == "airbench":
+    if d.get("model", cfg.model) == "airbench":
         kwargs = {"width": defaults["width"]}
         if cfg.data in NO_FLIP_DATASETS:
             kwargs["tta_flip"] = False
         d["model_kwargs"] = {**kwargs, **(cfg.model_kwargs or {})}
-    new = cfg.replace(recipe="fast", **d)
-    return new, d
+    return cfg.replace(recipe="fast", **d), d
+
+
+def _fast_values(cfg: TrainConfig, explicit: set[str], n_train: int, defaults: dict):
+    """Every key the fast recipe sets, before the given ones are taken out."""
+    epochs = cfg.epochs if "epochs" in explicit else defaults["epochs"]
+    batch = cfg.batch_size if "batch_size" in explicit else fast_batch_size(n_train)
+    return {
+        "model": FAST["model"],
+        "epochs": epochs,
+        "batch_size": batch,
+        "optimizer": "sgd",
+        "momentum": FAST["momentum"],
+        "nesterov": True,
+        "learning_rate": FAST["lr_per_1024"] * batch / 1024,
+        "weight_decay": FAST["weight_decay"],
+        "label_smoothing": FAST["label_smoothing"],
+        "schedule": "linear",
+        "warmup_epochs": round(FAST["warmup_fraction"] * epochs, 4),
+        "augment": "none",
+        "random_crop": FAST["random_crop"],
+        "translation": 0.0,
+        "flip": "none" if cfg.data in NO_FLIP_DATASETS else "alternating",
+        "val_split": FAST["val_split"],
+    }
 
 
 # ---------------------------------------------------------------------- weight averaging
