@@ -16,7 +16,7 @@ import yaml
 
 from cnnlab._io import read_json
 from cnnlab.errors import RunError
-from cnnlab.evaluation.evaluate import EvaluationResult, score
+from cnnlab.evaluation.evaluate import EvaluationResult, load_saved_split, score
 from cnnlab.run_folder import RunFolder, read_history
 
 
@@ -106,30 +106,8 @@ def _load_model_and_data(run_dir: Path | None, model, bundle, batch_size: int):
     if model is None:
         model = loaded.model
     if bundle is None:
-        bundle = _load_bundle(run_dir, loaded, batch_size)
+        bundle = load_saved_split(loaded, batch_size=batch_size)
     return model, bundle
-
-
-def _load_bundle(run_dir: Path, loaded, batch_size: int):
-    """The run's data with its saved split, as ``evaluate`` does (works for builtin sources too)."""
-    from cnnlab.data import load_data
-    from cnnlab.data.sources import open_source
-    from cnnlab.data.splits import Split
-
-    cfg = loaded.config
-    source = open_source(cfg["data"], cfg.get("data_dir"))
-    saved = Split.load(run_dir / "split.csv", source)
-    return load_data(
-        cfg["data"],
-        data_dir=cfg.get("data_dir"),
-        split=saved,
-        scan=False,
-        image_size=loaded.image_size,
-        channels=loaded.channels,
-        batch_size=batch_size,
-        resize=loaded.resize,
-        augment="none",
-    )
 
 
 def _split_with_images(bundle, split: str) -> tuple[str, str | None]:
