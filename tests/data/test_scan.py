@@ -174,7 +174,12 @@ def test_dataset_check_is_cached_per_file(image_folder, decodes):
     assert decodes == []
     first["seconds"] = again["seconds"] = 0
     assert again == first
-    os.utime(image_folder / "circle" / "circle_000.png", ns=(time.time_ns(), time.time_ns()))
+    touched = image_folder / "circle" / "circle_000.png"
+    os.utime(touched, ns=(time.time_ns(), time.time_ns() + 10**9))
+    decodes.clear()
+    inspect_data(f"folder:{image_folder}")
+    assert len(decodes) == 1  # the touched file alone (read from its bytes)
+    decodes.clear()
     fast = inspect_data(f"folder:{image_folder}", full_decode=False)  # its own entries
     assert len(decodes) == 24 and fast.num_images == 24
     decodes.clear()
@@ -233,3 +238,25 @@ def test_progress_log_lines_when_not_a_terminal(caplog):
     assert "Checking: 1 of 50 files (2 %)" in lines[0] and "files/s, about" in lines[0]
     assert lines[-1].startswith("Checking: 50 files in ")
     assert len(lines) == 50 and not any("Quiet" in line for line in lines)
+
+
+def test_data_inspect_no_cache_and_quiet_flags(image_folder, tmp_path, capsys, monkeypatch):
+    from cnnlab.cli.main import main
+    from cnnlab.data.inspect import files
+
+    examined: list[str] = []
+    real = files.examine_file
+    monkeypatch.setattr(files, "examine_file", lambda p, full: examined.append(p) or real(p, full))
+
+    def inspect(*flags: str) -> int:
+        examined.clear()
+        out = tmp_path / f"check{len(list(tmp_path.glob('check*')))}"
+        assert (
+            main(["data", "inspect", f"folder:{image_folder}", "--output", str(out), *flags]) == 0
+        )
+        return len(examined)
+
+    assert inspect("--quiet") == 24  # the first check reads every file
+    assert inspect("--quiet") == 0  # the second, none
+    assert inspect("--no-cache", "--quiet") == 24
+    assert "24 images, 2 classes" in capsys.readouterr().out

@@ -18,8 +18,11 @@
 
 One module per job:
 
-* ``files``: reading each image once (content hash, format, size, EXIF, thumbnail);
-* ``hashing``: the perceptual hash and the near-duplicate search over it;
+* ``files``: reading each image once (content hash, format, size, EXIF, thumbnail),
+  cached per file between runs (:mod:`cnnlab.data.scan_cache`);
+* ``hashing``: the perceptual hash and the near-duplicate confirmation;
+* ``hamming``: all pairs of hashes within a Hamming distance (exhaustive, or
+  multi-index hashing: sub-quadratic, the same pairs);
 * ``duplicates``: exact groups, near pairs, leakage and label conflicts;
 * ``aggregate``: the summary numbers (counts, imbalance, sizes, modes, odd files);
 * ``report``: :class:`InspectReport`, the findings (inspect.json);
