@@ -50,3 +50,22 @@ def train_tiny(name: str, size: int = SIZE, epochs: int | None = None, **options
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
     model.fit(x.astype(np.float32), y, epochs=epochs, batch_size=16, verbose=0, shuffle=True)
     return model
+
+
+_RUNS: dict = {}
+
+
+def exported_run(root):
+    """A finished run (file source, 3 classes x 20 PNGs of 16 px) exported to every format;
+    made once per test process, whichever directory asks first."""
+    if "run" not in _RUNS:
+        import cnnlab
+        from tests.conftest import make_image_folder
+
+        data = make_image_folder(root / "images", classes=CLASSES, per_class=20, size=SIZE)
+        result = cnnlab.train(data=f"folder:{data}", runs_dir=str(root / "runs"), name="tiny",
+                              model="simple_cnn", model_kwargs={"filters": [8, 16], "dense": [16]},
+                              epochs=4, batch_size=16, verbose=0, seed=1)  # fmt: skip
+        cnnlab.export_model(result.run_dir, "all")
+        _RUNS["run"] = result.run_dir
+    return _RUNS["run"]

@@ -65,9 +65,11 @@ def decode_image(data: bytes, channels: int, max_pixels: int = DEFAULT_MAX_PIXEL
                             "the bytes are not a JPEG, PNG, WebP, BMP or GIF image "
                             "(the format is decided by decoding, not by name or header)") from None  # fmt: skip
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise ImageRejected(413, "image too large", str(e)) from None
+        raise ImageRejected(413, "image too large",
+                            f"{e} (the limit here is {max_pixels:,} pixels)") from None  # fmt: skip
     except Exception as e:  # noqa: BLE001 - any header a decoder cannot parse
-        raise ImageRejected(400, "corrupt image", f"{type(e).__name__}: {e}") from None
+        raise ImageRejected(400, "corrupt image",
+                            f"the image header cannot be read ({type(e).__name__}: {e})") from None  # fmt: skip
     with im:
         w, h = im.size
         if w * h > max_pixels:
@@ -84,7 +86,8 @@ def decode_image(data: bytes, channels: int, max_pixels: int = DEFAULT_MAX_PIXEL
         except ImageRejected:
             raise
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-            raise ImageRejected(413, "image too large", str(e)) from None
+            raise ImageRejected(413, "image too large",
+                                f"{e} (the limit here is {max_pixels:,} pixels)") from None  # fmt: skip
         except Exception as e:  # noqa: BLE001 - truncated or corrupt pixel data
             raise ImageRejected(400, "corrupt image",
                                 f"{im.format} data cannot be decoded ({type(e).__name__}: {e})") from None  # fmt: skip
