@@ -1,0 +1,125 @@
+"""The served probabilities are `cnnlab predict`'s; the process holds no TensorFlow; it
+holds under a bounded load; its queue and timeout answer 503 and 504."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import threading
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from tests.export._models import learnable_arrays
+from tests.serve._server import running_server
+
+
+def photo_files(folder):
+    """A JPEG (4:2:0, larger than the model's input), a PNG of another aspect, a gray PNG."""
+    x, _ = learnable_arrays(1, size=16)
+    rng = np.random.default_rng(5)
+    big = np.asarray(Image.fromarray(x[0]).resize((61, 47), Image.BILINEAR)).astype(np.int16)
+    big = np.clip(big + rng.integers(-20, 20, big.shape), 0, 255).astype(np.uint8)
+    files = {"photo.jpg": ("JPEG", big, {"quality": 85}), "wide.png": ("PNG", big[:20], {}),
+             "gray.png": ("PNG", big[..., 1], {})}  # fmt: skip
+    paths = []
+    for name, (fmt, arr, kw) in files.items():
+        Image.fromarray(arr).save(folder / name, fmt, **kw)
+        paths.append(folder / name)
+    return paths
+
+
+def test_served_probabilities_match_cnnlab_predict(server, export_run, tmp_path):
+    import cnnlab
+
+    paths = photo_files(tmp_path)
+    expected = cnnlab.predict(export_run, [str(p) for p in paths], top_k=3)
+    for path, row in zip(paths, expected):
+        got = httpx.post(f"{server}/predict?top_k=3", content=path.read_bytes(), timeout=30).json()
+        served = {t["label"]: t["probability"] for t in got["top"]}
+        local = {t["label"]: t["probability"] for t in row["top"]}
+        assert served.keys() == local.keys(), path.name
+        for label, p in local.items():
+            assert abs(served[label] - p) <= 1e-5, (path.name, label, served[label], p)
+
+
+def test_health_metadata_and_no_tensorflow_in_the_process(server, export_run):
+    health = httpx.get(f"{server}/health").json()
+    assert health["status"] == "ok" and health["tensorflow_loaded"] is False
+    meta = httpx.get(f"{server}/metadata").json()
+    assert meta["classes"] == ["circle", "square", "star"]
+    assert meta["input"] == {"height": 16, "width": 16, "channels": 3, "resize": "stretch",
+                             "range": [0, 255]}  # fmt: skip
+    assert meta["model"] == "simple_cnn" and meta["format"] == "onnx"
+    assert meta["source_run"] == str(export_run.resolve())
+    assert 0 <= meta["test_metrics"]["accuracy"] <= 1 and meta["parity"]["passed"] is True
+
+
+def test_eight_clients_fifty_requests_each_get_correct_answers(server, tmp_path):
+    paths = photo_files(tmp_path)
+    bodies = [p.read_bytes() for p in paths]
+    truth = [httpx.post(f"{server}/predict", content=b).json()["top"][0]["label"] for b in bodies]
+    bad: list = []
+
+    def client(i: int) -> None:
+        with httpx.Client(base_url=server, timeout=60) as c:
+            for j in range(50):
+                k = (i + j) % len(bodies)
+                r = c.post("/predict", content=bodies[k])
+                if r.status_code != 200 or r.json()["top"][0]["label"] != truth[k]:
+                    bad.append((i, j, r.status_code, r.text[:200]))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bad == []
+    assert httpx.get(f"{server}/health").json()["served"] >= 400
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_slow_requests_504(export_run):
+    big = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 256, (1500, 1500, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(big, "PNG", compress_level=1)  # ~60 ms to decode and resize
+    body = big.getvalue()
+    model = export_run / "export" / "model_int8.tflite"
+    with running_server(model, "--queue", "1", "--timeout", "30") as url:
+        statuses: list = []
+
+        def send():
+            r = httpx.post(f"{url}/predict", content=body, timeout=60)
+            statuses.append((r.status_code, r.headers.get("retry-after"), r.json()))
+
+        threads = [threading.Thread(target=send) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        codes = sorted(s[0] for s in statuses)
+        assert 200 in codes and 503 in codes, codes
+        busy = [s for s in statuses if s[0] == 503][0]
+        assert busy[1] == "1" and busy[2]["error"] == "busy"
+        assert httpx.get(f"{url}/metadata").json()["format"] == "tflite-int8"
+    with running_server(model, "--timeout", "0.001") as url:
+        r = httpx.post(f"{url}/predict", content=body, timeout=60)
+        assert r.status_code == 504
+        assert r.json() == {"error": "timeout", "detail": "the request took more than 0.001 s"}
+        assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_a_run_folder_is_served_through_its_onnx_export(export_run):
+    with running_server(export_run) as url:
+        meta = httpx.get(f"{url}/metadata").json()
+        assert meta["file"] == "model.onnx" and meta["format"] == "onnx"
+
+
+def test_serving_something_else_is_a_clear_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    done = subprocess.run([sys.executable, "-m", "cnnlab.cli.main", "serve",
+                           str(tmp_path / "notes.txt")], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2
+    assert "notes.txt is neither an exported model nor a run folder" in done.stderr
+    assert "Export a run with `cnnlab export RUN`" in done.stderr
