@@ -1,0 +1,97 @@
+"""The page in headless Chromium: choose an image through the file input, the top label
+appears with its latency, the screenshot is not blank, and no request leaves the
+server. Skipped without Chromium (Debian: ``apt-get install chromium``)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.evaluation._chromium import FLAGS, _Pipe, find_chromium
+from tests.export._models import learnable_arrays
+
+pytestmark = pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed")
+
+
+def upload_in_browser(url: str, image_path: str, screenshot: str, timeout: float = 60.0) -> dict:
+    """Open ``url``, set the file input to ``image_path``, wait for the result."""
+    to_r, to_w = os.pipe()
+    from_r, from_w = os.pipe()
+    profile = tempfile.mkdtemp(prefix="cnnlab-chromium-")
+    cmd = f'exec "$0" "$@" 3<&{to_r} 4>&{from_w}'
+    proc = subprocess.Popen(["bash", "-c", cmd, find_chromium(), *FLAGS,
+                             f"--user-data-dir={profile}", "--window-size=1000,800", "about:blank"],
+                            pass_fds=(to_r, from_w), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    os.close(to_r)
+    os.close(from_w)
+    pipe = _Pipe(proc, to_w, from_r)
+    try:
+        target = pipe.send("Target.createTarget", {"url": "about:blank"}, timeout=timeout)
+        sid = pipe.send("Target.attachToTarget", {"targetId": target["targetId"],
+                                                  "flatten": True})["sessionId"]  # fmt: skip
+        for domain in ("Page", "Runtime", "Network", "DOM"):
+            pipe.send(f"{domain}.enable", session=sid)
+        pipe.send("Page.navigate", {"url": url + "/"}, session=sid)
+        pipe.wait_event("Page.loadEventFired", timeout)
+        root = pipe.send("DOM.getDocument", session=sid)["root"]["nodeId"]
+        node = pipe.send("DOM.querySelector", {"nodeId": root, "selector": "#file"},
+                         session=sid)["nodeId"]  # fmt: skip
+        pipe.send("DOM.setFileInputFiles", {"files": [image_path], "nodeId": node}, session=sid)
+        js = ("JSON.stringify({top: document.body.dataset.top || '', error: "
+              "document.getElementById('error').textContent, latency: "
+              "document.getElementById('latency').textContent, bars: "
+              "document.querySelectorAll('#bars .row').length})")  # fmt: skip
+        deadline, state = time.time() + timeout, {}
+        while time.time() < deadline:
+            ev = pipe.send("Runtime.evaluate", {"expression": js, "returnByValue": True}, session=sid)
+            state = json.loads(ev["result"]["value"])
+            if state["top"] or state["error"]:
+                break
+            time.sleep(0.1)
+        shot = pipe.send("Page.captureScreenshot", {"format": "png"}, session=sid)
+        with open(screenshot, "wb") as f:
+            f.write(base64.b64decode(shot["data"]))
+        state["requests"] = [e["params"]["request"]["url"] for e in pipe.events
+                             if e.get("sessionId") == sid
+                             and e.get("method") == "Network.requestWillBeSent"]  # fmt: skip
+        try:
+            pipe.send("Browser.close", timeout=5)
+        except (TimeoutError, RuntimeError, OSError):
+            pass
+        return state
+    finally:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        os.close(to_w)
+        os.close(from_r)
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_page_classifies_an_uploaded_image_offline(server, tmp_path):
+    x, _ = learnable_arrays(1)
+    path = tmp_path / "square.png"
+    Image.fromarray(x[0]).resize((96, 96), Image.NEAREST).save(path)
+    expected = httpx.post(f"{server}/predict", content=path.read_bytes()).json()["top"][0]["label"]
+    state = upload_in_browser(server, str(path), str(tmp_path / "page.png"))
+    assert state["error"] == "" and state["top"] == expected
+    assert state["bars"] == 3 and state["latency"].startswith("server ")
+    origin = server + "/"
+    leaving = [u for u in state["requests"] if not u.startswith((origin, "blob:", "data:"))]
+    assert leaving == [] and f"{server}/predict?top_k=3" in state["requests"]
+    with Image.open(tmp_path / "page.png") as im:
+        gray = np.asarray(im.convert("L"), np.float32)
+    assert gray.std() > 15 and (gray < 128).mean() > 0.005  # text, bars and the image
