@@ -89,9 +89,9 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _input_entry(fmt: str) -> dict:
+def _input_entry(fmt: str, extra: dict) -> dict:
     if fmt == "tflite-int8":
-        return {"dtype": "uint8", "quantization": {"scale": 1.0, "zero_point": 0}}
+        return {"dtype": "uint8", "quantization": extra.pop("input_quantization")}
     return {"dtype": "float32", "quantization": None}
 
 
@@ -146,7 +146,7 @@ def export_keras(model, output: str | os.PathLike, formats="all", *, class_names
             probs = run_artifact(fmt, path, x)
         parity = measure(fmt, probs, reference, labels, thresholds)
         entry = {"format": fmt, "file": FILES[fmt], "bytes": _bytes(path),
-                 "input": {"shape": shape, **_input_entry(fmt)}, **extra,
+                 "input": {"shape": shape, **_input_entry(fmt, extra)}, **extra,
                  "seconds": round(seconds, 2), "parity": parity.to_dict()}  # fmt: skip
         if not parity.passed:
             _remove(path)  # a file that failed its check must not look finished

@@ -75,7 +75,12 @@ def _tflite_bytes(model, mode: str, representative: np.ndarray | None = None) ->
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif mode == "int8":
-        images = np.asarray(representative, np.float32)
+        # The input's quantisation comes from the calibration range: pinning it to 0-255
+        # (one pixel black, one white) makes it scale 1, zero point 0, so the file takes
+        # raw pixels. Without this, images whose brightest pixel is 230 gave scale 0.90.
+        images = np.array(representative, np.float32)
+        images[0, 0, 0, :] = 0.0
+        images[0, -1, -1, :] = 255.0
 
         def samples():
             for i in range(len(images)):
@@ -108,8 +113,13 @@ def write_tflite_fp16(model, path: Path, **_) -> dict:
 
 
 def write_tflite_int8(model, path: Path, representative=None, **_) -> dict:
-    write_bytes(path, _tflite_bytes(model, "int8", representative))
+    from ai_edge_litert.interpreter import Interpreter
+
+    data = _tflite_bytes(model, "int8", representative)
+    scale, zero = Interpreter(model_content=data).get_input_details()[0]["quantization"]
+    write_bytes(path, data)
     return {"quantization": "full integer (int8 weights and activations), uint8 input",
+            "input_quantization": {"scale": float(scale), "zero_point": int(zero)},
             "representative_images": int(len(representative))}  # fmt: skip
 
 
