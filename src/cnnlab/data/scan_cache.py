@@ -101,6 +101,10 @@ def _folder(paths: Sequence[str]) -> str:
     return os.path.commonpath(sorted(dirs)) if dirs else "/"
 
 
+def _absolute(path: str) -> str:
+    return path if os.path.isabs(path) else os.path.abspath(path)
+
+
 def _stat(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -142,7 +146,7 @@ class FileCache:
         """The cache for these files, or None when disabled or when it cannot be opened."""
         if not cache_enabled(cache) or not paths:
             return None
-        folder = _folder([os.path.abspath(p) for p in paths])
+        folder = _folder([_absolute(p) for p in paths])
         name = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in Path(folder).name)
         digest = hashlib.sha1(folder.encode()).hexdigest()[:12]
         db = cache_dir() / f"{name or 'root'}-{digest}.sqlite"
@@ -160,7 +164,7 @@ class FileCache:
 
         Entries of this kind for files that no longer exist are dropped.
         """
-        absolute = [os.path.abspath(p) for p in paths]
+        absolute = [_absolute(p) for p in paths]
         keys = [_stat(p) for p in absolute]
         rows = {
             path: (size, mtime, value, blob)
@@ -191,7 +195,7 @@ class FileCache:
         for path, key, value, blob in items:
             if key is None:  # could not stat: nothing to key it by
                 continue
-            batch.append((self.kind, os.path.abspath(path), key[0], key[1], value, blob))
+            batch.append((self.kind, _absolute(path), key[0], key[1], value, blob))
             if len(batch) >= _BATCH:
                 self._insert(batch)
                 batch = []

@@ -128,20 +128,21 @@ def examine_file(path: str, full_decode: bool) -> tuple[dict, np.ndarray | None]
     return info, thumb
 
 
-def _cached(store: FileCache | None, paths: list[str]) -> tuple[dict, list]:
-    """Cached (info, thumbnail) of unchanged files by index, and every file's (size, mtime)."""
+def _cached(store: FileCache | None, paths: list[str], thumbs: np.ndarray) -> tuple[dict, list]:
+    """Cached infos of unchanged files by index (their thumbnails written into ``thumbs``),
+    and every file's (size, mtime_ns)."""
     if store is None:
         return {}, [None] * len(paths)
     hits, keys = store.lookup(paths)
-    found = {}
-    for i, (value, blob) in hits.items():
-        thumb = None if blob is None else np.frombuffer(blob, np.uint8).reshape(THUMB, THUMB)
-        found[i] = (json.loads(value), thumb)
-    if found:
+    with_thumb = [i for i, (_, blob) in hits.items() if blob is not None]
+    if with_thumb:
+        data = b"".join(hits[i][1] for i in with_thumb)
+        thumbs[with_thumb] = np.frombuffer(data, np.uint8).reshape(-1, THUMB, THUMB)
+    if hits:
         log.info(
-            "Data check cache: %d of %d files unchanged, not read again", len(found), len(paths)
+            "Data check cache: %d of %d files unchanged, not read again", len(hits), len(paths)
         )
-    return found, keys
+    return {i: json.loads(value) for i, (value, _) in hits.items()}, keys
 
 
 def file_checks(
@@ -160,9 +161,10 @@ def file_checks(
     (:mod:`cnnlab.data.scan_cache`; one entry per decode mode): unchanged files
     are not read again. A progress bar (terminal) or log lines show the reading.
     """
+    thumbs = np.zeros((len(paths), THUMB, THUMB), np.uint8)
     store = FileCache.open(paths, "check-full" if full_decode else "check-fast", cache)
-    results, keys = _cached(store, paths)
-    todo = [i for i in range(len(paths)) if i not in results]
+    infos, keys = _cached(store, paths, thumbs)
+    todo = [i for i in range(len(paths)) if i not in infos]
 
     def run(i: int):
         return examine_file(paths[i], full_decode)
@@ -173,7 +175,9 @@ def file_checks(
         Progress(len(todo), "Checking", unit="file", quiet=quiet) as progress,
     ):
         for i, (info, thumb) in zip(todo, pool.map(run, todo, chunksize=64)):
-            results[i] = (info, thumb)
+            infos[i] = info
+            if thumb is not None:
+                thumbs[i] = thumb
             progress.update()
             if store is not None:
                 blob = None if thumb is None else thumb.tobytes()
@@ -184,13 +188,7 @@ def file_checks(
     if store is not None:
         store.store(pending)
         store.close()
-    thumbs = np.zeros((len(paths), THUMB, THUMB), np.uint8)
-    checks = []
-    for i in range(len(paths)):
-        info, thumb = results[i]
-        checks.append(FileCheck(i, paths[i], names[i], labels[i], **info))
-        if thumb is not None:
-            thumbs[i] = thumb
+    checks = [FileCheck(i, p, names[i], labels[i], **infos[i]) for i, p in enumerate(paths)]
     return checks, thumbs
 
 
