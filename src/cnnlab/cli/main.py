@@ -18,10 +18,12 @@ from cnnlab import __version__
 from cnnlab.cli.compare import compare
 from cnnlab.cli.data import data
 from cnnlab.cli.evaluate import evaluate
+from cnnlab.cli.export import export
 from cnnlab.cli.finetune import finetune, lr_find
 from cnnlab.cli.models import models
 from cnnlab.cli.predict import predict
 from cnnlab.cli.report import report
+from cnnlab.cli.serve import serve
 from cnnlab.cli.train import train
 
 
@@ -39,11 +41,14 @@ def cli() -> None:
       cnnlab finetune --data folder:photos --model mobilenet --weights imagenet
       cnnlab data inspect folder:photos             # duplicates, leakage, bad files
       cnnlab report runs/<run>                      # HTML report, written by train too
+      cnnlab export runs/<run>                      # TFLite, ONNX, SavedModel, parity-checked
+      cnnlab serve runs/<run>                       # HTTP API and page (no TensorFlow)
       cnnlab models list                            # every architecture
     """
 
 
-for command in (train, evaluate, predict, models, data, report, compare, finetune, lr_find):
+for command in (train, evaluate, predict, models, data, report, compare, finetune, lr_find,
+                export, serve):
     cli.add_command(command)
 
 
@@ -90,7 +95,8 @@ def _one_line_deprecations(show):
 def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's start-up chatter
     args = sys.argv[1:] if argv is None else argv
-    heavy = ("train", "evaluate", "predict", "models", "data", "report", "finetune", "lr-find")
+    heavy = ("train", "evaluate", "predict", "models", "data", "report", "finetune", "lr-find",
+             "export")
     if args and args[0] in heavy and not (
         {"-h", "--help"} & set(args) or _debug()
     ):
