@@ -146,6 +146,8 @@ def _weights(in_size: int, out_size: int, antialias: bool) -> np.ndarray:
 
 
 def _bilinear(image: np.ndarray, size: tuple[int, int], antialias: bool) -> np.ndarray:
+    if not antialias:
+        return _resize_bilinear(image, size)
     h, w = size
     x = image.astype(np.float64)
     if x.shape[0] != h:
@@ -153,6 +155,27 @@ def _bilinear(image: np.ndarray, size: tuple[int, int], antialias: bool) -> np.n
     if x.shape[1] != w:
         x = np.einsum("ow,hwc->hoc", _weights(x.shape[1], w, antialias), x)
     return x
+
+
+def _lerp_axis(in_size: int, out_size: int):
+    """TensorFlow's ``ResizeBilinear`` (half-pixel centres) sample positions, in float32."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    pos = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    floor = np.floor(pos)
+    lower = np.maximum(floor, 0).astype(np.int64)
+    upper = np.minimum(np.ceil(pos), in_size - 1).astype(np.int64)
+    return lower, upper, (pos - floor).astype(np.float32)
+
+
+def _resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``tf.image.resize(..., antialias=False)`` exactly: the same float32 arithmetic."""
+    x = image.astype(np.float32)
+    y0, y1, yl = _lerp_axis(x.shape[0], size[0])
+    x0, x1, xl = _lerp_axis(x.shape[1], size[1])
+    xl = xl[None, :, None]
+    top = x[y0][:, x0] + (x[y0][:, x1] - x[y0][:, x0]) * xl
+    bottom = x[y1][:, x0] + (x[y1][:, x1] - x[y1][:, x0]) * xl
+    return top + (bottom - top) * yl[:, None, None]
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int], resize: str = "stretch") -> np.ndarray:
