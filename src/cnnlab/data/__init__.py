@@ -60,14 +60,19 @@ class DataBundle:
         return self.source.num_classes
 
     def examples(self, name: str) -> dict:
-        """The raw examples of a split: ``labels`` and ``images`` or ``paths``."""
+        """The raw examples of a split: ``labels`` and ``images`` or ``paths`` (neither for
+        a ``tfrecord:`` source, whose images stay in its shards: see ``records``)."""
         idx = self.split.indices(name)
         out = {"labels": self.source.labels[idx], "indices": idx}
         if self.source.is_files:
             out["paths"] = self.source.paths[idx]
-        else:
+        elif not self.source.is_records:
             out["images"] = self.source.images[idx]
         return out
+
+    def records(self, name: str):
+        """A ``tfrecord:`` source's reader of one split (a RecordSplit), else None."""
+        return self.source.records.split(name) if self.source.is_records else None
 
     def class_weights(self) -> np.ndarray | None:
         """'balanced' weights n / (k * count_c) from the training split, else None."""
@@ -93,6 +98,7 @@ class DataBundle:
             self._datasets[key] = make_dataset(
                 ex["labels"], num_classes=self.num_classes, image_size=self.image_size,
                 channels=self.channels, images=ex.get("images"), paths=ex.get("paths"),
+                records=self.records(name),
                 batch_size=self.batch_size, training=training, augmenter=augmenter,
                 resize=self.resize, cache=self.cache, seed=self.seed,
                 class_weights=self.class_weights() if training else None,
@@ -108,15 +114,31 @@ class DataBundle:
         kept), which fine-tuning's feature path and the fast recipe's set-up use.
         """
         ex = self.examples(split)
+        records = self.records(split)
         if rows is not None:
             rows = np.asarray(rows, np.int64)
             ex = {k: v[rows] for k, v in ex.items()}
+            if records is not None:
+                if len(rows) and not np.all(np.diff(rows) > 0):
+                    return self._reordered_subset(split, rows, batch_size)
+                records = records.select(rows)
         return make_dataset(
             ex["labels"], num_classes=self.num_classes, image_size=self.image_size,
             channels=self.channels, images=ex.get("images"), paths=ex.get("paths"),
-            batch_size=batch_size, training=training, augmenter=None, resize=self.resize,
+            records=records, batch_size=batch_size, training=training, augmenter=None, resize=self.resize,
             cache=self.cache if training else "none", seed=self.seed,
             class_weights=self.class_weights() if training else None,
+        )  # fmt: skip
+
+    def _reordered_subset(self, split: str, rows: np.ndarray, batch_size: int):
+        """TFRecords are read in order: unsorted ``rows`` are read sorted, then put in order."""
+        wanted = np.unique(rows)
+        x = np.concatenate([b[0].numpy() for b in self.subset(split, wanted, batch_size=500)])
+        pos = np.searchsorted(wanted, rows)
+        return make_dataset(
+            self.examples(split)["labels"][rows], num_classes=self.num_classes,
+            image_size=self.image_size, channels=self.channels,
+            images=x[pos].astype(np.uint8), batch_size=batch_size, cache="none",
         )  # fmt: skip
 
     def sample_images(self, split: str, max_images: int) -> np.ndarray:
@@ -162,6 +184,8 @@ class DataBundle:
 
 
 def _default_geometry(source: Source, scan: list[ImageInfo]) -> tuple[tuple[int, int], int]:
+    if source.is_records:
+        return source.records.image_size, source.records.channels
     if not source.is_files:
         return tuple(source.images.shape[1:3]), int(source.images.shape[-1])
     good = [s for s in scan if s.ok]

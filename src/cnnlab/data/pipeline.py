@@ -25,6 +25,10 @@ CACHE_LIMIT_BYTES = 4 * 1024**3
 FULL_SHUFFLE_BYTES = 1024**3
 # Files decoded per call of the decode map (see make_dataset).
 DECODE_BATCH = 32
+# Shuffle buffers of data that do not fit FULL_SHUFFLE_BYTES hold at most this many bytes
+# (decoded images on the folder path, encoded records on the TFRecord path), not a
+# fixed number of images: 224 px images would otherwise take 3 GB for 20,000 of them.
+SHUFFLE_BUFFER_BYTES = 512 * 1024**2
 
 
 def apply_options(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -74,10 +78,31 @@ def decode_file(path: tf.Tensor, channels: int) -> tf.Tensor:
     CMYK JPEGs, 16-bit and palette PNGs, RGBA and grayscale all come out as
     uint8 with ``channels`` channels (TensorFlow converts them).
     """
-    data = tf.io.read_file(path)
+    return decode_bytes(tf.io.read_file(path), channels)
+
+
+def decode_bytes(data: tf.Tensor, channels: int) -> tf.Tensor:
+    """Decode an encoded image (JPEG, PNG, GIF, BMP, WebP) as :func:`decode_file` does."""
     image = tf.io.decode_image(data, channels=channels, expand_animations=False, dtype=tf.uint8)
     image.set_shape([None, None, channels])
     return image
+
+
+def make_loader(image_size: tuple[int, int], channels: int, resize: str = "stretch",
+                from_bytes: bool = False):  # fmt: skip
+    """A function from a file path (or encoded bytes) to a uint8 image of ``image_size``;
+    images already at that size (CIFAR's 32x32 JPEGs) skip the resize."""
+    resizer = make_resizer(image_size, resize)
+    h, w = image_size
+
+    def load_one(x):
+        img = decode_bytes(x, channels) if from_bytes else decode_file(x, channels)
+        same = tf.logical_and(tf.shape(img)[0] == h, tf.shape(img)[1] == w)
+        img = tf.cond(same, lambda: img, lambda: to_uint8(resizer(img)))
+        img.set_shape([h, w, channels])
+        return img
+
+    return load_one
 
 
 def to_uint8(image: tf.Tensor) -> tf.Tensor:
@@ -92,6 +117,7 @@ def make_dataset(
     channels: int,
     images: np.ndarray | None = None,
     paths: np.ndarray | None = None,
+    records=None,
     batch_size: int = 64,
     training: bool = False,
     augmenter: Augmenter | None = None,
@@ -102,8 +128,10 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Build the input pipeline for one split.
 
-    Give either ``images`` (uint8 NHWC, in memory) or ``paths`` (image files).
-    The training split is shuffled every epoch and augmented; others are not.
+    Give either ``images`` (uint8 NHWC, in memory), ``paths`` (image files) or
+    ``records`` (a :class:`cnnlab.data.records.RecordSplit`: packed TFRecords,
+    see :func:`_records_dataset`). The training split is shuffled every epoch
+    and augmented; others are not.
 
     Decoding and resizing run in parallel (``AUTOTUNE``) and the decoded uint8
     images are cached in memory when they fit, so from the second epoch on only
@@ -115,7 +143,7 @@ def make_dataset(
     """
     labels = np.asarray(labels, np.int64)
     n = len(labels)
-    if training and n > 1:
+    if training and n > 1 and records is None:
         # Folders list files class by class, and the shuffle buffer below holds
         # at most 20,000 images: without this one-off permutation, CIFAR-10's
         # 50,000 sorted images gave batches of a few classes only (skewed
@@ -124,7 +152,9 @@ def make_dataset(
         labels = labels[perm]
         images = None if images is None else images[perm]
         paths = None if paths is None else np.asarray(paths)[perm]
-    needs_index = bool(training and augmenter is not None and getattr(augmenter, "needs_index", False))
+    needs_index = bool(
+        training and augmenter is not None and getattr(augmenter, "needs_index", False)
+    )
     if images is not None:
         ds = tf.data.Dataset.from_tensor_slices((images, labels))
         native = tuple(images.shape[1:3])
@@ -137,17 +167,15 @@ def make_dataset(
                 return (to_uint8(resizer(img)) if needs_resize else img), y
 
             ds = ds.map(prepare, num_parallel_calls=AUTOTUNE)
+    elif records is not None:
+        return _records_dataset(
+            records, num_classes=num_classes, image_size=image_size, channels=channels,
+            batch_size=batch_size, training=training, augmenter=augmenter, resize=resize,
+            cache=cache, seed=seed, class_weights=class_weights,
+        )  # fmt: skip
     else:
-        resizer = make_resizer(image_size, resize)
         h, w = image_size
-
-        def load_one(p):
-            img = decode_file(p, channels)
-            # Files already at the target size (CIFAR's 32x32 JPEGs) skip the resize.
-            same = tf.logical_and(tf.shape(img)[0] == h, tf.shape(img)[1] == w)
-            img = tf.cond(same, lambda: img, lambda: to_uint8(resizer(img)))
-            img.set_shape([h, w, channels])
-            return img
+        load_one = make_loader(image_size, channels, resize)
 
         def load(ps, ys):
             spec = tf.TensorSpec([h, w, channels], tf.uint8)
@@ -173,9 +201,62 @@ def make_dataset(
         # decoded images, so it is capped for large sets (the permutation above
         # then keeps batches mixed).
         full = size_bytes <= FULL_SHUFFLE_BYTES
-        ds = ds.shuffle(n if full else min(n, 20_000), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE)
+        per_image = max(1, size_bytes // max(1, n))
+        ds = ds.shuffle(n if full else max(1, min(n, SHUFFLE_BUFFER_BYTES // per_image)),
+                        seed=seed, reshuffle_each_iteration=True)  # fmt: skip
+    return _finish(ds, batch_size=batch_size, training=training, augmenter=augmenter,
+                   needs_index=needs_index, num_classes=num_classes,
+                   class_weights=class_weights)  # fmt: skip
 
+
+def _records_dataset(records, *, num_classes, image_size, channels, batch_size, training,
+                     augmenter, resize, cache, seed, class_weights) -> tf.data.Dataset:  # fmt: skip
+    """The pipeline over packed TFRecords (``records``: a RecordSplit).
+
+    Decoding and resizing are the folder path's (:func:`make_loader`), on the
+    records' encoded bytes. When the decoded split fits ``CACHE_LIMIT_BYTES``
+    it is cached after the first epoch and shuffled like the folder path;
+    otherwise it streams: the shards are read in a new order each epoch, several
+    at once, and the still-encoded records pass a shuffle buffer of
+    ``SHUFFLE_BUFFER_BYTES`` (so memory stays flat however large the data).
+    """
+    n = records.count
+    h, w = image_size
+    size_bytes = n * h * w * channels
+    needs_index = bool(
+        training and augmenter is not None and getattr(augmenter, "needs_index", False)
+    )
+    cached = cache == "memory" or (cache == "auto" and size_bytes <= CACHE_LIMIT_BYTES)
+    ds = records.dataset(training=training, seed=seed)
+    if training and not cached:
+        per_record = max(1.0, records.mean_record_bytes)
+        buffer = max(1, min(n, int(SHUFFLE_BUFFER_BYTES // per_record)))
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    load_one = make_loader(image_size, channels, resize, from_bytes=True)
+    spec = tf.TensorSpec([h, w, channels], tf.uint8)
+
+    def load(data, ys, idx):
+        return tf.map_fn(load_one, data, fn_output_signature=spec), ys, idx
+
+    ds = ds.batch(DECODE_BATCH).map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.unbatch().apply(tf.data.experimental.assert_cardinality(n))
+    if cached:
+        ds = ds.cache()
+        if training:
+            full = size_bytes <= FULL_SHUFFLE_BYTES
+            per_image = h * w * channels
+            ds = ds.shuffle(n if full else max(1, min(n, SHUFFLE_BUFFER_BYTES // per_image)),
+                            seed=seed, reshuffle_each_iteration=True)  # fmt: skip
+    if not needs_index:
+        ds = ds.map(lambda img, y, i: (img, y), num_parallel_calls=AUTOTUNE)
+    return _finish(ds, batch_size=batch_size, training=training, augmenter=augmenter,
+                   needs_index=needs_index, num_classes=num_classes,
+                   class_weights=class_weights)  # fmt: skip
+
+
+def _finish(ds, *, batch_size, training, augmenter, needs_index, num_classes, class_weights):
+    """Batch, augment (training), one-hot the labels, add class weights, prefetch."""
+    ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE)
     weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
 
     def finish(img, y, idx=None, epoch=None):
@@ -219,7 +300,9 @@ def _with_epoch(ds: tf.data.Dataset, finish) -> tf.data.Dataset:
         # With a global seed set (every cnnlab run sets one), TensorFlow warns
         # that the map's random ops take their seeds from it; that is the intent
         # (runs repeat), and users saw the warning on every fast-recipe run.
-        warnings.filterwarnings("ignore", message=r"Seed \d+ from outer graph", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"Seed \d+ from outer graph", category=UserWarning
+        )
         out = tf.data.Dataset.range(1).flat_map(one_pass)
     if batches >= 0:
         out = out.apply(tf.data.experimental.assert_cardinality(batches))

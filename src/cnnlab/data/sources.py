@@ -1,9 +1,12 @@
-"""Data sources, chosen by a spec string: ``builtin:NAME``, ``folder:PATH``, ``csv:FILE``.
+"""Data sources, chosen by a spec string: ``builtin:NAME``, ``folder:PATH``, ``csv:FILE``,
+``tfrecord:DIR``.
 
-A source is a flat list of labelled examples (in-memory images, or file paths)
-with the split each one came with, if any (``parts``): folders with
-``train/``/``val/``/``test/`` subfolders and CSVs with a ``split`` column bring
-their own; everything else is split later by :mod:`cnnlab.data.splits`.
+A source is a flat list of labelled examples (in-memory images, file paths, or
+packed TFRecords) with the split each one came with, if any (``parts``): folders
+with ``train/``/``val/``/``test/`` subfolders and CSVs with a ``split`` column
+bring their own; everything else is split later by :mod:`cnnlab.data.splits`.
+A ``tfrecord:`` folder (written by ``cnnlab data pack``) always brings the
+split it was packed with, and its images stay in the shards (``records``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.data.builtin import load_builtin
+from cnnlab.data.records import RecordIndex, is_packed, read_index
 from cnnlab.data.scan import IMAGE_EXTENSIONS
 from cnnlab.errors import DataError
 
@@ -33,6 +37,7 @@ class Source:
     parts: np.ndarray  # "train" / "val" / "test" as the source defines, or ""
     images: np.ndarray | None = None  # uint8 (N, H, W, C) for in-memory sources
     paths: np.ndarray | None = None  # str, for file sources
+    records: RecordIndex | None = None  # for tfrecord: sources (paths and images are None)
 
     def __post_init__(self) -> None:
         # A fixed-width dtype wide enough for "train"; np.array([""]) would be <U1.
@@ -41,6 +46,10 @@ class Source:
     @property
     def is_files(self) -> bool:
         return self.paths is not None
+
+    @property
+    def is_records(self) -> bool:
+        return self.records is not None
 
     @property
     def num_classes(self) -> int:
@@ -52,17 +61,18 @@ class Source:
 
 def parse_spec(spec: str) -> tuple[str, str]:
     """Split 'kind:value'; a bare existing folder or .csv file is accepted too."""
-    if ":" in spec and spec.split(":", 1)[0] in ("builtin", "folder", "csv"):
+    if ":" in spec and spec.split(":", 1)[0] in ("builtin", "folder", "csv", "tfrecord"):
         kind, value = spec.split(":", 1)
         return kind, value
     if os.path.isdir(spec):
-        return "folder", spec
+        return ("tfrecord" if is_packed(spec) else "folder"), spec
     if spec.lower().endswith(".csv") and os.path.isfile(spec):
         return "csv", spec
     raise DataError(
         f"Cannot tell what kind of data source '{spec}' is",
         expected="builtin:NAME (digits, mnist, fashion_mnist, cifar10, cifar100), "
-        "folder:PATH (one subfolder per class) or csv:FILE (columns path,label[,split])",
+        "folder:PATH (one subfolder per class), csv:FILE (columns path,label[,split]) "
+        "or tfrecord:DIR (written by cnnlab data pack)",
         fix="Prefix the path with folder: or csv:, or check that it exists",
     )
 
@@ -101,6 +111,9 @@ def open_source(spec: str, data_dir: str | None = None) -> Source:
         return Source(spec, list(names), labels, parts, images=images)
     if kind == "folder":
         return _folder_source(spec, Path(value).expanduser())
+    if kind == "tfrecord":
+        index = read_index(value)
+        return Source(spec, index.class_names, index.labels, index.parts, records=index)
     return _csv_source(spec, Path(value).expanduser())
 
 
@@ -138,9 +151,7 @@ def _folder_source(spec: str, root: Path) -> Source:
             expected="either only train/, val/, test/ subfolders, or only class subfolders",
             fix="Move the class folders into train/ (and val/, test/)",
         )
-    names_per_part = {
-        part: _class_dirs(root / d) if d else subdirs for part, d in layout.items()
-    }
+    names_per_part = {part: _class_dirs(root / d) if d else subdirs for part, d in layout.items()}
     main = "train" if "train" in names_per_part else next(iter(names_per_part))
     class_names = names_per_part[main]
     if not class_names:

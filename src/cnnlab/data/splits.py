@@ -42,6 +42,8 @@ class Split:
         w = csv.writer(buf)
         w.writerow(["index", "path", "label", "split"])
         paths = source.paths if source.is_files else [""] * len(source)
+        if source.is_records:
+            paths = source.records.names
         for i, (p, y, s) in enumerate(zip(paths, source.labels, self.assignment)):
             w.writerow([i, p, source.class_names[y], s])
         return write_text(path, buf.getvalue())
@@ -108,6 +110,8 @@ def make_split(
     missing ones are carved out of the training pool, stratified by class.
     ``skip`` marks examples (bad files) to leave out of every split.
     """
+    if source.is_records:
+        return _packed_split(source)
     parts = source.parts.astype(object).copy()
     has_parts = bool(np.any(parts != ""))
     parts[parts == ""] = "train"
@@ -129,3 +133,22 @@ def make_split(
             fix="Lower --val-split / --test-split or add training data",
         )
     return Split(assignment)
+
+
+def _packed_split(source: Source) -> Split:
+    """A ``tfrecord:`` source's split: the one ``cnnlab data pack`` stored (each split is
+    its own shards), whatever --val-split/--test-split say."""
+    split = Split(source.parts.astype("<U8"))
+    counts = split.counts()
+    if counts["train"] == 0:
+        raise DataError(
+            f"{source.spec} holds no training images (packed split: {counts['val']} val, "
+            f"{counts['test']} test)",
+            fix="Pack the data again with --val-split/--test-split leaving a training split",
+        )
+    logging.getLogger("cnnlab").info(
+        "Using the split stored when the data were packed: %d train, %d val, %d test "
+        "(--val-split and --test-split do not apply to tfrecord: data)",
+        counts["train"], counts["val"], counts["test"],
+    )  # fmt: skip
+    return split

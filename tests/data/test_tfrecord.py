@@ -1,0 +1,199 @@
+"""cnnlab data pack and tfrecord:DIR: every image's bytes and label survive, the stored split is
+the one used, workers get disjoint shards, a bad --to is refused, a packed set trains and scores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from tests.conftest import make_image_folder
+
+from cnnlab.cli.main import main
+from cnnlab.data import load_data, open_source
+from cnnlab.data.records import read_index
+from cnnlab.data.tfrecord import pack
+from cnnlab.errors import DataError
+
+
+def _records(folder):
+    """Every record of a packed folder as a dict, with the shard it came from."""
+    spec = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+        "path": tf.io.FixedLenFeature([], tf.string),
+        "split": tf.io.FixedLenFeature([], tf.string),
+        "index": tf.io.FixedLenFeature([], tf.int64),
+    }
+    out = []
+    for shard in sorted(folder.glob("*.tfrecord")):
+        for raw in tf.data.TFRecordDataset(str(shard)):
+            ex = tf.io.parse_single_example(raw, spec)
+            out.append({k: v.numpy() for k, v in ex.items()} | {"shard": shard.name})
+    return out
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    """3 classes x 10 PNGs (16x16) plus two JPEGs of another size, one grayscale."""
+    root = make_image_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=10, size=16)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(root / "a" / "x.jpg")
+    Image.fromarray(rng.integers(0, 255, (18, 18), dtype=np.uint8)).save(root / "b" / "g.jpeg")
+    return root
+
+
+def test_round_trip_keeps_every_images_bytes_and_label(mixed_folder, tmp_path):
+    out = tmp_path / "packed"
+    index = pack(f"folder:{mixed_folder}", out, shards=3, quiet=True)
+    records = _records(out)
+    source = open_source(f"folder:{mixed_folder}")
+    assert len(records) == len(source) == 32
+    by_path = {r["path"].decode(): r for r in records}
+    assert len(by_path) == 32  # each image exactly once
+    for path, label in zip(source.paths, source.labels):
+        rel = str(path)[len(str(mixed_folder)) + 1 :]
+        r = by_path[rel]
+        assert index["class_names"][r["label"]] == source.class_names[label]
+        data = open(path, "rb").read()
+        if path.endswith((".jpg", ".jpeg")):
+            assert r["image"] == data  # JPEGs copied byte for byte
+        else:  # PNGs stored losslessly: same pixels
+            stored = tf.io.decode_image(r["image"]).numpy()
+            assert np.array_equal(stored, np.asarray(Image.open(path)))
+    assert index["counts"] == {"train": 26, "val": 3, "test": 3}
+    assert index["source_checksum"].startswith("sha256:")
+    # Packing the same data again gives the same checksum; a changed image changes it.
+    again = pack(f"folder:{mixed_folder}", tmp_path / "again", quiet=True)
+    assert again["source_checksum"] == index["source_checksum"]
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(mixed_folder / "c" / "c_000.png")
+    changed = pack(f"folder:{mixed_folder}", tmp_path / "changed", quiet=True)
+    assert changed["source_checksum"] != index["source_checksum"]
+
+
+def test_resized_pack_re_encodes_at_the_new_size(mixed_folder, tmp_path):
+    index = pack(f"folder:{mixed_folder}", tmp_path / "p", image_size=8, quiet=True)
+    assert index["image_size"] == [8, 8] and index["resized"]
+    shapes = {tf.io.decode_image(r["image"]).shape[:2] for r in _records(tmp_path / "p")}
+    assert shapes == {(8, 8)}
+
+
+def test_the_stored_split_is_the_one_every_run_uses(mixed_folder, tmp_path):
+    out = tmp_path / "packed"
+    pack(f"folder:{mixed_folder}", out, shards=2, val_split=0.2, test_split=0.2, seed=3, quiet=True)
+    records = _records(out)
+    for r in records:  # each split in its own shards
+        assert r["shard"].startswith(r["split"].decode() + "-")
+    # The run's split ignores other fractions: it is the packed one.
+    data = load_data(f"tfrecord:{out}", val_split=0.5, test_split=0.0, batch_size=4)
+    idx = read_index(out)
+    assert data.split.counts() == {"train": 20, "val": 6, "test": 6, "skipped": 0}
+    assert list(data.split.assignment) == list(idx.parts)
+    stored = {r["path"].decode(): r["split"].decode() for r in records}
+    assert {n: s for n, s in zip(idx.names, idx.parts)} == stored
+    # Pipelines give each split's images: labels in split.csv's order when not training.
+    test_labels = np.concatenate([np.argmax(y, 1) for _, y in data.test])
+    assert list(test_labels) == list(data.examples("test")["labels"])
+    train_labels = np.concatenate([np.argmax(y, 1) for _, y in data.train])
+    assert sorted(train_labels) == sorted(data.examples("train")["labels"])
+    assert data.train.options().autotune.enabled is False  # as every cnnlab pipeline
+    # A subset in any row order is read back in that order.
+    rows = np.array([4, 0, 2])
+    got = np.concatenate([np.argmax(y, 1) for _, y in data.subset("train", rows)])
+    assert list(got) == list(data.examples("train")["labels"][rows])
+
+
+def test_each_worker_reads_its_own_disjoint_part(mixed_folder, tmp_path):
+    out = tmp_path / "packed"
+    pack(f"folder:{mixed_folder}", out, shards=4, quiet=True)
+    index = read_index(out)
+    train = index.split("train")
+
+    def indices(reader):
+        return [int(i) for _, _, i in reader.dataset(training=True, seed=0)]
+
+    parts = [train.shard(2, w) for w in range(2)]
+    assert all(p.by_file and len(p.files) == 2 for p in parts)  # whole shards
+    assert set(parts[0].files).isdisjoint(parts[1].files)
+    got = [indices(p) for p in parts]
+    assert set(got[0]).isdisjoint(got[1])
+    assert sorted(got[0] + got[1]) == list(range(train.count))
+    assert [p.count for p in parts] == [len(g) for g in got]
+    # Fewer shards than workers: every third record, still disjoint and complete.
+    val = index.split("val")
+    thirds = [val.shard(3, w) for w in range(3)]
+    got = [indices(p) for p in thirds]
+    assert sorted(sum(got, [])) == list(range(val.count))
+    assert all(not set(a) & set(b) for i, a in enumerate(got) for b in got[i + 1 :])
+    with pytest.raises(DataError, match="Worker 2 of 2 is not a valid shard"):
+        train.shard(2, 2)
+
+
+def test_a_bad_destination_is_refused_with_a_clear_error(mixed_folder, tmp_path):
+    spec = f"folder:{mixed_folder}"
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(DataError, match=r"--to .*file\.txt is a file"):
+        pack(spec, a_file, quiet=True)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="is not empty") as e:
+        pack(spec, busy, quiet=True)
+    assert "--overwrite" in str(e.value)
+    with pytest.raises(DataError, match="not a packed dataset"):
+        pack(spec, busy, overwrite=True, quiet=True)
+    assert (busy / "notes.txt").read_text() == "mine"
+    with pytest.raises(DataError, match="inside the data being packed"):
+        pack(spec, mixed_folder / "packed", quiet=True)
+    with pytest.raises(DataError, match="is not a folder written by `cnnlab data pack`"):
+        load_data(f"tfrecord:{busy}")
+
+
+def test_a_failed_pack_leaves_nothing_that_looks_finished(mixed_folder, tmp_path, monkeypatch):
+    import cnnlab.data.tfrecord as tfr
+
+    out = tmp_path / "packed"
+    pack(f"folder:{mixed_folder}", out, quiet=True)
+    before = json.loads((out / "index.json").read_text())
+    calls = []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) > 5:
+            raise OSError("disk full")
+        return real(*args)
+
+    real = tfr._example
+    monkeypatch.setattr(tfr, "_example", failing)
+    with pytest.raises(OSError, match="disk full"):
+        pack(f"folder:{mixed_folder}", out, overwrite=True, quiet=True)
+    with pytest.raises(OSError, match="disk full"):
+        pack(f"folder:{mixed_folder}", tmp_path / "new", quiet=True)
+    assert not (tmp_path / "new").exists()
+    assert json.loads((out / "index.json").read_text()) == before  # the old one kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "packed"]  # no temp folders
+
+
+def test_pack_train_and_evaluate_through_the_cli(image_folder, tmp_path, capsys):
+    out = tmp_path / "packed"
+    assert main(["data", "pack", f"folder:{image_folder}", "--to", str(out), "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert f"train on it: cnnlab train --data tfrecord:{out}" in said
+    assert main(["data", "pack", f"folder:{image_folder}", "--to", str(out)]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    runs = tmp_path / "runs"
+    code = main(["train", "--data", f"tfrecord:{out}", "--epochs", "1", "--runs-dir", str(runs),
+                 "--model-kwargs", "filters=[8, 8] dense=[8]", "-b", "8", "--name", "tfr",
+                 "-q"])  # fmt: skip
+    said = capsys.readouterr().out
+    assert code == 0, said
+    assert "test accuracy" in said
+    saved = json.loads((runs / "tfr" / "data.json").read_text())
+    assert saved["data"] == f"tfrecord:{out}"
+    assert saved["split_sizes"] == {"train": 20, "val": 2, "test": 2, "skipped": 0}
+    assert main(["evaluate", str(runs / "tfr")]) == 0
+    said = capsys.readouterr().out
+    assert "macro avg" in said and "confusion_matrix.png" in said
