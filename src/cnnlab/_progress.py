@@ -2,9 +2,10 @@
 
 On a terminal (the stream's ``isatty()``), a tqdm bar with the rate and the time
 left. When the output is a pipe or a file (CI logs, ``nohup``), no bar: one
-ordinary log line every ``log_every`` seconds ("Scanning: 12,000 of 60,000
-files (20 %), 1,234 files/s, about 39 s left"), and none at all for stages
-that end sooner. ``quiet=True`` shows nothing.
+plain line every ``log_every`` seconds ("Scanning: 12,000 of 60,000 files
+(20 %), 1,234 files/s, about 39 s left"), and none at all for stages that end
+sooner; the line goes to the ``cnnlab`` logger when it shows INFO (a run's log),
+else straight to the stream. ``quiet=True`` shows nothing.
 
 Example:
     >>> with Progress(len(paths), "Scanning", unit="file") as progress:
@@ -61,10 +62,12 @@ class Progress:
         self._start = self._last_log = time.monotonic()
         self._bar = None
         self._logged = False
+        self.stream = None
         self.mode = "quiet"
         if quiet or self.total <= 0:
             return
         stream = stream if stream is not None else sys.stderr
+        self.stream = stream
         isatty = getattr(stream, "isatty", None)
         if isatty is not None and isatty():
             from tqdm import tqdm
@@ -101,18 +104,18 @@ class Progress:
         rate = self.done / elapsed
         left = (self.total - self.done) / rate if rate > 0 else float("inf")
         eta = f"about {_duration(left)} left" if rate > 0 else "time left unknown"
-        self.logger.info(
-            "%s: %s of %s %ss (%d %%), %s %ss/s, %s",
-            self.desc,
-            f"{self.done:,}",
-            f"{self.total:,}",
-            self.unit,
-            100 * self.done // max(self.total, 1),
-            f"{rate:,.0f}",
-            self.unit,
-            eta,
+        self._say(
+            f"{self.desc}: {self.done:,} of {self.total:,} {self.unit}s "
+            f"({100 * self.done // max(self.total, 1)} %), {rate:,.0f} {self.unit}s/s, {eta}"
         )
         self._logged = True
+
+    def _say(self, line: str) -> None:
+        """A log line, or a plain line on the stream when nothing would show the log."""
+        if self.logger.isEnabledFor(logging.INFO) and self.logger.hasHandlers():
+            self.logger.info(line)
+        else:
+            print(line, file=self.stream, flush=True)
 
     def close(self) -> None:
         """End the bar, or log the total time when periodic lines were shown."""
@@ -121,9 +124,7 @@ class Progress:
             self._bar = None
         elif self.mode == "log" and self._logged:
             elapsed = time.monotonic() - self._start
-            self.logger.info(
-                "%s: %s %ss in %s", self.desc, f"{self.done:,}", self.unit, _duration(elapsed)
-            )
+            self._say(f"{self.desc}: {self.done:,} {self.unit}s in {_duration(elapsed)}")
             self._logged = False
 
     def __enter__(self) -> Progress:

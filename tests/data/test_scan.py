@@ -260,3 +260,18 @@ def test_data_inspect_no_cache_and_quiet_flags(image_folder, tmp_path, capsys, m
     assert inspect("--quiet") == 0  # the second, none
     assert inspect("--no-cache", "--quiet") == 24
     assert "24 images, 2 classes" in capsys.readouterr().out
+
+
+def test_progress_lines_go_to_the_stream_when_no_log_shows_them():
+    """``cnnlab data inspect`` in a pipe sets up no logging: the lines are printed instead."""
+    from cnnlab._progress import Progress
+
+    stream = io.StringIO()
+    unshown = logging.getLogger("cnnlab.test-progress")
+    unshown.setLevel(logging.WARNING)  # INFO would not be shown
+    with Progress(4, "Scanning", stream=stream, log_every=0, logger=unshown) as progress:
+        progress.update(3)
+        progress.update(1)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("Scanning: 3 of 4 files (75 %), ") and lines[0].endswith(" left")
+    assert lines[1].startswith("Scanning: 4 files in ") and len(lines) == 2
