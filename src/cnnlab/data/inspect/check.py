@@ -61,13 +61,16 @@ def find_duplicates(
     near: bool,
     max_distance: int,
     max_difference: float,
+    quiet: bool = False,
 ) -> dict:
     """Step 2: exact groups, near pairs, leakage and label conflicts, and notes."""
     good = [c for c in checks if c.ok and c.split != "skipped"]
     groups = content_groups(good)
     exact_groups, exact_rows = exact_duplicates(checks, groups)
     near_rows, notes = (
-        near_duplicates(checks, thumbs, groups, max_distance, max_difference) if near else ([], [])
+        near_duplicates(checks, thumbs, groups, max_distance, max_difference, quiet)
+        if near
+        else ([], [])
     )
     return {
         "exact_groups": exact_groups,
@@ -117,7 +120,7 @@ def inspect_data(
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
     checks, thumbs = read_source(source, split, full_decode, workers, cache, quiet)
     good = [c for c in checks if c.ok and c.split != "skipped"]
-    found = find_duplicates(checks, thumbs, near_duplicates, max_distance, max_difference)
+    found = find_duplicates(checks, thumbs, near_duplicates, max_distance, max_difference, quiet)
     report = InspectReport(
         spec=source.spec,
         class_names=list(source.class_names),

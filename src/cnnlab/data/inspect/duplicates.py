@@ -79,6 +79,7 @@ def near_duplicates(
     groups: dict[str, list[int]],
     max_distance: int,
     max_difference: float,
+    quiet: bool = False,
 ) -> tuple[list[dict], list[str]]:
     """Near-duplicate pairs among distinct contents, expanded to every copy; and notes."""
     if len(groups) < 2:
@@ -90,6 +91,7 @@ def near_duplicates(
         max_distance,
         max_difference,
         workers=min(4, os.cpu_count() or 2),
+        quiet=quiet,
     )
     notes = [f"Stopped collecting near-duplicate pairs at {MAX_PAIRS:,}."] if truncated else []
     members = {g[0]: g for g in groups.values()}

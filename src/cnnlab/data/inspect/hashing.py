@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from cnnlab._progress import Progress
 from cnnlab.data.inspect.files import THUMB
 from cnnlab.data.inspect.hamming import block_search
 
@@ -73,6 +74,7 @@ def near_duplicate_pairs(
     max_pairs: int = MAX_PAIRS,
     workers: int = 2,
     method: str = "auto",
+    quiet: bool = True,
 ) -> tuple[list[tuple[int, int, int, float]], bool]:
     """All pairs ``(i, j, hash distance, pixel difference)`` with ``i < j`` that are near duplicates.
 
@@ -81,7 +83,7 @@ def near_duplicate_pairs(
     cheaper by estimate; both find the same pairs), block by block of queries
     in parallel threads; each block's pairs are confirmed on the thumbnails.
     Returns the pairs, sorted by ``(i, j)``, and whether the search stopped at
-    ``max_pairs``.
+    ``max_pairs``. Unless ``quiet``, shows its progress (see :mod:`cnnlab._progress`).
     """
     n = len(hashes)
     norm = _normalised(thumbs)
@@ -102,8 +104,12 @@ def near_duplicate_pairs(
 
     pairs: list[tuple[int, int, int, float]] = []
     truncated = False
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for found in pool.map(confirm, range(0, n, block)):
+    with (
+        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+        Progress(n, "Near duplicates", unit="image", quiet=quiet) as progress,
+    ):
+        for start, found in zip(range(0, n, block), pool.map(confirm, range(0, n, block))):
+            progress.update(min(n, start + block) - start)
             pairs += found
             if len(pairs) > max_pairs:
                 truncated = True
