@@ -117,6 +117,10 @@ class OnnxRunner:
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        # Idle pool threads sleep instead of spinning: on a small shared host, spinning
+        # threads took the cores the work needed (airbench batch 1: 44 ms with 2
+        # spinning threads against 26 ms with one, on a loaded 2-core machine).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         inp = self.session.get_inputs()[0]
