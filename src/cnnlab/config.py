@@ -92,6 +92,8 @@ class TrainConfig:
     name: str | None = None
     overwrite: bool = False
     verbose: int = 1
+    # TensorBoard event files in <run>/tensorboard/ (tensorboard --logdir runs/)
+    tensorboard: bool = True
 
     # ------------------------------------------------------------------ helpers
     @classmethod

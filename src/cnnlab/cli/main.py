@@ -24,6 +24,7 @@ from cnnlab.cli.models import models
 from cnnlab.cli.predict import predict
 from cnnlab.cli.report import report
 from cnnlab.cli.serve import serve
+from cnnlab.cli.sweep import sweep
 from cnnlab.cli.train import train
 
 
@@ -48,7 +49,7 @@ def cli() -> None:
 
 
 for command in (train, evaluate, predict, models, data, report, compare, finetune, lr_find,
-                export, serve):
+                sweep, export, serve):
     cli.add_command(command)
 
 
@@ -96,7 +97,7 @@ def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's start-up chatter
     args = sys.argv[1:] if argv is None else argv
     heavy = ("train", "evaluate", "predict", "models", "data", "report", "finetune", "lr-find",
-             "export")
+             "sweep", "export")
     if args and args[0] in heavy and not (
         {"-h", "--help"} & set(args) or _debug()
     ):
