@@ -155,6 +155,11 @@ Examples:
 @click.option(
     "--overwrite", is_flag=True, default=None, help="Replace a run folder of the same --name."
 )
+@click.option(
+    "--tensorboard/--no-tensorboard",
+    default=None,
+    help="TensorBoard event files in <run>/tensorboard/ (tensorboard --logdir runs/) [on].",
+)
 @click.option("--resume", type=click.Path(file_okay=False), help="Continue this run folder.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and the final result.")
 def train(config_file, resume, quiet, model_kwargs, **options) -> None:
