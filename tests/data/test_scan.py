@@ -19,7 +19,7 @@ from PIL import Image
 
 from cnnlab.data import load_data
 from cnnlab.data.scan import scan_image, scan_images
-from cnnlab.data.scan_cache import cache_dir, clear_cache
+from cnnlab.data.scan_cache import cache_dir, cache_summary, clear_cache
 from cnnlab.errors import BadImagesError
 
 
@@ -133,6 +133,7 @@ def test_changed_added_and_removed_files_are_rescanned_alone(image_folder, decod
     assert by_path[touched] == first[0]
     decodes.clear()
     assert scan_images(paths2) == second and decodes == []  # and cached again
+    assert [row["entries"] for row in cache_summary()] == [24]  # the removed file's row is gone
 
 
 def test_cache_bypassed_and_cleared(image_folder, decodes, monkeypatch):
