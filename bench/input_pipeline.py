@@ -9,6 +9,11 @@ delivering float arrays:
   in parallel, in-memory cache of decoded images, batched augmentation: flip
   and whole-pixel shifts with reflected borders in one gather). Epoch 1
   decodes; epoch 2 reads the cache (what every later training epoch costs).
+- **cnnlab tfrecord**: the same images packed by ``cnnlab data pack`` (one
+  split, 8 shards, JPEG bytes as they were; packing time reported) and read by
+  the same ``make_dataset`` (``records=``: shards interleaved, decoded 32 per
+  call, cached). Two streaming rows (``cache="none"``, as for data larger than
+  memory: every epoch decodes again) compare TFRecords with the folder.
 - **ImageDataGenerator**: ``tf_keras.preprocessing.image.ImageDataGenerator(
   horizontal_flip=True, width_shift_range=0.1, height_shift_range=0.1,
   fill_mode="reflect").flow_from_directory`` (the seed's loader; needs the
@@ -28,6 +33,7 @@ Usage:
     python bench/input_pipeline.py                      # 10,000 images
     python bench/input_pipeline.py --limit 50000 --data /tmp/data/cifar10
     python bench/input_pipeline.py --only cnnlab,torchvision
+    python bench/input_pipeline.py --only cnnlab,tfrecord --limit 45000
 
 Results are appended to bench/results/input_pipeline.jsonl. The CPU may be
 shared: compare rows of one run only.
@@ -76,17 +82,18 @@ def warm_page_cache(items) -> float:
     return time.perf_counter() - t0
 
 
-def bench_cnnlab(items, epochs: int = 2) -> dict:
+def bench_cnnlab(items, epochs: int = 2, records=None, cache: str = "auto") -> dict:
     import numpy as np
 
     from cnnlab.data.augment import Augmenter, AugmentOptions
     from cnnlab.data.pipeline import make_dataset
 
-    paths = np.array([p for p, _ in items])
+    paths = None if records is not None else np.array([p for p, _ in items])
     labels = np.array([y for _, y in items])
     aug = Augmenter(AugmentOptions(flip="horizontal", translation=0.1), (32, 32), 3, seed=0)
     ds = make_dataset(labels, num_classes=10, image_size=(32, 32), channels=3, paths=paths,
-                      batch_size=BATCH, training=True, augmenter=aug)  # fmt: skip
+                      records=records, batch_size=BATCH, training=True, augmenter=aug,
+                      cache=cache)  # fmt: skip
     out = {}
     for e in range(epochs):
         n, t0 = 0, time.perf_counter()
@@ -94,6 +101,17 @@ def bench_cnnlab(items, epochs: int = 2) -> dict:
             n += len(x.numpy())
         out[f"epoch{e + 1}"] = n / (time.perf_counter() - t0)
     return out
+
+
+def pack_subset(folder: Path) -> tuple[object, float]:
+    """Pack the subset folder (one split, 8 shards); returns its reader and the seconds taken."""
+    from cnnlab.data.records import read_index
+    from cnnlab.data.tfrecord import pack
+
+    dest = Path(tempfile.mkdtemp(prefix="cnnlab-pipe-tfr-")) / "packed"
+    t0 = time.perf_counter()
+    pack(f"folder:{folder}", dest, shards=8, val_split=0.0, test_split=0.0, quiet=True)
+    return read_index(dest).split("train"), time.perf_counter() - t0
 
 
 def bench_idg(folder: Path) -> dict:
@@ -147,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("--data", help="CIFAR-10 folder or zip [../shared/data/cifar10-jpg.zip]")
     ap.add_argument("--limit", type=int, default=10_000, help="images to read [10000]")
-    ap.add_argument("--only", default="cnnlab,idg,torchvision", help="contenders [all three]")
+    ap.add_argument("--only", default="cnnlab,tfrecord,idg,torchvision",
+                    help="contenders [cnnlab,tfrecord,idg,torchvision]")  # fmt: skip
     ap.add_argument("--torch-python", default=TORCH_PYTHON, help=f"Python with torchvision [{TORCH_PYTHON}]")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
@@ -163,6 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     if "cnnlab" in only:
         results["cnnlab"] = bench_cnnlab(items)
         print("cnnlab", results["cnnlab"], flush=True)
+    if "tfrecord" in only:
+        records, seconds = pack_subset(tmp)
+        print(f"packed {records.count} images into {len(records.files)} shards in {seconds:.1f} s")
+        results["cnnlab tfrecord"] = {**bench_cnnlab(items, records=records), "pack_s": seconds}
+        print("cnnlab tfrecord", results["cnnlab tfrecord"], flush=True)
+        results["cnnlab folder, streaming"] = bench_cnnlab(items, cache="none")
+        print("cnnlab folder, streaming", results["cnnlab folder, streaming"], flush=True)
+        results["cnnlab tfrecord, streaming"] = bench_cnnlab(items, records=records, cache="none")
+        print("cnnlab tfrecord, streaming", results["cnnlab tfrecord, streaming"], flush=True)
     if "idg" in only:
         results["ImageDataGenerator"] = bench_idg(tmp)
         print("ImageDataGenerator", results["ImageDataGenerator"], flush=True)

@@ -197,3 +197,40 @@ def test_pack_train_and_evaluate_through_the_cli(image_folder, tmp_path, capsys)
     assert main(["evaluate", str(runs / "tfr")]) == 0
     said = capsys.readouterr().out
     assert "macro avg" in said and "confusion_matrix.png" in said
+
+
+@pytest.mark.parametrize("kind", ["folder", "tfrecord"])
+def test_streaming_reshuffles_each_epoch_and_keeps_each_images_index(kind, tmp_path):
+    """Without the cache (data larger than memory) the order changes every epoch, every image
+    comes once per epoch, and the index an alternating flip keys on stays the image's own."""
+    from cnnlab.data.pipeline import make_dataset
+
+    root = tmp_path / "imgs"
+    for k in range(40):
+        (root / f"c{k % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((4, 4, 3), 5 * k, np.uint8)).save(
+            root / f"c{k % 2}" / f"{k:02d}.png"
+        )
+    source = open_source(f"folder:{root}")
+    records = None
+    if kind == "tfrecord":
+        pack(f"folder:{root}", tmp_path / "p", shards=4, val_split=0, test_split=0, quiet=True)
+        records = read_index(tmp_path / "p").split("train")
+
+    class Tag:  # an "augmenter" that writes each image's index into its pixels
+        needs_index = True
+
+        def __call__(self, x, idx, epoch):
+            return x + 1000.0 * tf.cast(idx, tf.float32)[:, None, None, None]
+
+    ds = make_dataset(source.labels, num_classes=2, image_size=(4, 4), channels=3,
+                      paths=None if records else source.paths, records=records, batch_size=8,
+                      training=True, augmenter=Tag(), cache="none", seed=1)  # fmt: skip
+    epochs = []
+    for _ in range(2):
+        values = np.concatenate([x.numpy()[:, 0, 0, 0] for x, _ in ds])
+        epochs.append([(int(v % 1000), int(v // 1000)) for v in values])
+    for order in epochs:
+        assert sorted(p for p, _ in order) == [5 * k for k in range(40)]  # each image once
+    assert [p for p, _ in epochs[0]] != [p for p, _ in epochs[1]]  # reshuffled
+    assert dict(epochs[0]) == dict(epochs[1])  # same index for the same image

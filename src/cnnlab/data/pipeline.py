@@ -144,8 +144,8 @@ def make_dataset(
     labels = np.asarray(labels, np.int64)
     n = len(labels)
     if training and n > 1 and records is None:
-        # Folders list files class by class, and the shuffle buffer below holds
-        # at most 20,000 images: without this one-off permutation, CIFAR-10's
+        # Folders list files class by class, and a capped shuffle buffer holds a
+        # fraction of the split: without this one-off permutation, CIFAR-10's
         # 50,000 sorted images gave batches of a few classes only (skewed
         # BatchNorm statistics; the fast recipe lost ~10 points).
         perm = np.random.default_rng(seed).permutation(n)
@@ -155,55 +155,63 @@ def make_dataset(
     needs_index = bool(
         training and augmenter is not None and getattr(augmenter, "needs_index", False)
     )
-    if images is not None:
-        ds = tf.data.Dataset.from_tensor_slices((images, labels))
-        native = tuple(images.shape[1:3])
-        needs_resize = native != tuple(image_size)
-        if images.shape[-1] != channels or needs_resize:
-            resizer = make_resizer(image_size, resize)
-
-            def prepare(img, y):
-                img = _match_channels(img, channels)
-                return (to_uint8(resizer(img)) if needs_resize else img), y
-
-            ds = ds.map(prepare, num_parallel_calls=AUTOTUNE)
-    elif records is not None:
+    if records is not None:
         return _records_dataset(
             records, num_classes=num_classes, image_size=image_size, channels=channels,
             batch_size=batch_size, training=training, augmenter=augmenter, resize=resize,
             cache=cache, seed=seed, class_weights=class_weights,
         )  # fmt: skip
+    size_bytes = n * image_size[0] * image_size[1] * channels
+    cached = cache == "memory" or (cache == "auto" and size_bytes <= CACHE_LIMIT_BYTES)
+    # Every image travels with its index: its position in the (permuted) split.
+    index = np.arange(n, dtype=np.int64)
+    if images is not None:
+        ds = tf.data.Dataset.from_tensor_slices((images, labels, index))
+        native = tuple(images.shape[1:3])
+        needs_resize = native != tuple(image_size)
+        if images.shape[-1] != channels or needs_resize:
+            resizer = make_resizer(image_size, resize)
+
+            def prepare(img, y, i):
+                img = _match_channels(img, channels)
+                return (to_uint8(resizer(img)) if needs_resize else img), y, i
+
+            ds = ds.map(prepare, num_parallel_calls=AUTOTUNE)
     else:
         h, w = image_size
         load_one = make_loader(image_size, channels, resize)
 
-        def load(ps, ys):
+        def load(ps, ys, idx):
             spec = tf.TensorSpec([h, w, channels], tf.uint8)
-            return tf.map_fn(load_one, ps, fn_output_signature=spec), ys
+            return tf.map_fn(load_one, ps, fn_output_signature=spec), ys, idx
 
+        ds = tf.data.Dataset.from_tensor_slices((paths.astype(str), labels, index))
+        if training and not cached:
+            # Streaming (not cached): the file list itself is reshuffled every epoch, a
+            # buffer of names rather than decoded images, so the first batch does not wait
+            # for thousands of decodes and memory does not grow with the image size.
+            per_name = 64 + int(np.mean([len(str(p)) for p in paths[:1000]])) if n else 64
+            names = max(1, min(n, SHUFFLE_BUFFER_BYTES // per_name))
+            ds = ds.shuffle(names, seed=seed, reshuffle_each_iteration=True)
         # Files are decoded DECODE_BATCH at a time: tf.data's per-element cost is
         # larger than decoding one small JPEG, so batching the decode map (and
         # unbatching after) roughly doubles the first epoch's images/s on CIFAR.
-        ds = tf.data.Dataset.from_tensor_slices((paths.astype(str), labels)).batch(DECODE_BATCH)
-        ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.batch(DECODE_BATCH).map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
         # A safety net behind the pre-flight scan: a file that changed since the
         # scan drops its decode batch (with a warning) instead of killing an epoch.
         ds = ds.ignore_errors(log_warning=True).unbatch()
-    size_bytes = n * image_size[0] * image_size[1] * channels
-    if cache == "memory" or (cache == "auto" and size_bytes <= CACHE_LIMIT_BYTES):
+    if cached:
         ds = ds.cache()
-    if needs_index:
-        # Index = position in the (unshuffled, cached) split; cheap to add after the cache.
-        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.range(n))).map(
-            lambda pair, i: (pair[0], pair[1], i))  # fmt: skip
-    if training:
+    if training and (cached or images is not None):
         # A buffer as large as the split is a true reshuffle every epoch; it holds
-        # decoded images, so it is capped for large sets (the permutation above
-        # then keeps batches mixed).
+        # decoded images, so it is capped in bytes for large sets (the permutation
+        # above then keeps batches mixed).
         full = size_bytes <= FULL_SHUFFLE_BYTES
         per_image = max(1, size_bytes // max(1, n))
         ds = ds.shuffle(n if full else max(1, min(n, SHUFFLE_BUFFER_BYTES // per_image)),
                         seed=seed, reshuffle_each_iteration=True)  # fmt: skip
+    if not needs_index:
+        ds = ds.map(lambda img, y, i: (img, y), num_parallel_calls=AUTOTUNE)
     return _finish(ds, batch_size=batch_size, training=training, augmenter=augmenter,
                    needs_index=needs_index, num_classes=num_classes,
                    class_weights=class_weights)  # fmt: skip
