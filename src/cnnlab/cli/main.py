@@ -96,8 +96,9 @@ def _one_line_deprecations(show):
 def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's start-up chatter
     args = sys.argv[1:] if argv is None else argv
+    # (sweep is not heavy: its worker never imports TensorFlow, each trial's process does)
     heavy = ("train", "evaluate", "predict", "models", "data", "report", "finetune", "lr-find",
-             "sweep", "export")
+             "export")
     if args and args[0] in heavy and not (
         {"-h", "--help"} & set(args) or _debug()
     ):

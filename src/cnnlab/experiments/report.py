@@ -133,6 +133,9 @@ def _progress_png(rows, spec: SweepSpec) -> bytes:
             best_so_far.append((r["trial"], running))
     if best_so_far:
         ax.step(*zip(*best_so_far), where="post", color="#1a7f37", label="best so far")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial number")
     ax.set_ylabel(spec.metric)
     ax.grid(alpha=0.3)
@@ -201,6 +204,9 @@ def _curves_png(rows, spec: SweepSpec) -> bytes:
     for r in done[:TOP_CURVES]:
         ax.plot(range(1, len(r["curve"]) + 1), r["curve"], marker="o", ms=3,
                 label=f"trial {r['trial']} ({r['value']:.4f})")  # fmt: skip
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(spec.metric)
     ax.grid(alpha=0.3)
@@ -237,8 +243,11 @@ def render(study, spec: SweepSpec, folder) -> str:
     )
     if found is not None:
         cmd = "finetune" if spec.command == "finetune" else "train"
+        chosen = [[p.name, _fmt(best.params.get(p.name))] for p in spec.params]
         summary += (f"<h3>Best config</h3>{_html.note(f'Repeat it: cnnlab {cmd} -c {folder.best}')}"
-                    f"<pre><code>{_html.esc(dump_yaml(found[1]))}</code></pre>")  # fmt: skip
+                    + _html.table(["parameter", f"trial {best.number}"], chosen)
+                    + "<details><summary>The whole resolved config (best.yaml)</summary>"
+                    f"<pre><code>{_html.esc(dump_yaml(found[1]))}</code></pre></details>")  # fmt: skip
     slices = "".join(_html.img(_slice_png(rows, p), f"slice {p.name}") for p in spec.params)
     sections = [
         ("summary", "Summary", summary),

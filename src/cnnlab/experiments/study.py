@@ -46,11 +46,13 @@ def open_storage(url: str):
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": 60}}
-    return optuna.storages.RDBStorage(
-        url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
-        grace_period=GRACE_SECONDS,
-        heartbeat_stale_trial_callback=RETRY,
-    )  # fmt: skip
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # cnnlab logs what happens itself
+    with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=RETRY,
+        )  # fmt: skip
 
 
 def make_sampler(spec: SweepSpec, seed: int):
