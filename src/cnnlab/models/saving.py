@@ -24,12 +24,11 @@ def save_model(model, path: str | os.PathLike) -> Path:
 
 def load_model(path: str | os.PathLike):
     """Load a ``.keras`` model saved by cnnlab (its custom layers, schedules and optimizer
-    included); imports ``cnnlab.nn`` and the model families, never training code."""
+    included); imports ``cnnlab.nn`` only, never training code."""
     import keras
 
-    # Registers cnnlab's serialisable layers, schedules and optimizers with Keras, and the
-    # pretrained families' preprocessing layer: all a .keras file may need (no training code).
-    import cnnlab.models.pretrained
+    # Registers cnnlab's serialisable layers (the pretrained families' preprocessing too),
+    # schedules and optimizers with Keras: all a .keras file may need (no training code).
     import cnnlab.nn  # noqa: F401
 
     path = Path(path)

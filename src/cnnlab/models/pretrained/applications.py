@@ -39,11 +39,12 @@ import re
 from collections.abc import Callable, Sequence
 
 import keras
-from keras import layers, ops
+from keras import layers
 
 from cnnlab.errors import ModelError
 from cnnlab.models.pretrained.backbones import BACKBONES, Backbone
 from cnnlab.models.registry import register_model
+from cnnlab.nn.layers import PREPROCESSING_MODES, ImagePreprocessing  # noqa: F401 (re-exported)
 
 __all__ = [
     "BACKBONES",
@@ -56,60 +57,6 @@ __all__ = [
 ]
 
 # ---------------------------------------------------------------- preprocessing
-
-_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-_TORCH_MEAN = (0.485, 0.456, 0.406)
-_TORCH_STD = (0.229, 0.224, 0.225)
-PREPROCESSING_MODES = ("caffe", "tf", "torch", "none")
-
-
-@keras.saving.register_keras_serializable(package="cnnlab")
-class ImagePreprocessing(layers.Layer):
-    """Raw 0-255 RGB pixels to what a pretrained family expects, inside the model.
-
-    Modes match ``keras.applications.imagenet_utils.preprocess_input``:
-
-    * ``caffe``: RGB to BGR, minus the ImageNet mean per channel (VGG, ResNet);
-    * ``tf``: scaled to [-1, 1] (ResNetV2, Inception, Xception, MobileNet/V2, NASNet);
-    * ``torch``: scaled to [0, 1], minus mean, divided by std per channel (DenseNet);
-    * ``none``: unchanged, for backbones that rescale inside themselves
-      (EfficientNet, EfficientNetV2, ConvNeXt, MobileNetV3, EfficientNet-Lite).
-
-    A one-channel (grayscale) input is repeated to three channels first.
-
-    Example:
-        >>> ImagePreprocessing("tf")(np.full((1, 2, 2, 3), 255.0))[0, 0, 0]
-        [1., 1., 1.]
-    """
-
-    def __init__(self, mode: str = "none", **kwargs):
-        super().__init__(**kwargs)
-        if mode not in PREPROCESSING_MODES:
-            raise ModelError(
-                f"Unknown preprocessing mode {mode!r}",
-                expected=f"one of {', '.join(PREPROCESSING_MODES)}",
-            )
-        self.mode = mode
-
-    def call(self, inputs):
-        x = ops.cast(inputs, self.compute_dtype)
-        if x.shape[-1] == 1:
-            x = ops.concatenate([x, x, x], axis=-1)
-        if self.mode == "caffe":
-            x = ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_MEAN_BGR, self.compute_dtype)
-        elif self.mode == "tf":
-            x = x / 127.5 - 1.0
-        elif self.mode == "torch":
-            mean = ops.convert_to_tensor(_TORCH_MEAN, self.compute_dtype)
-            std = ops.convert_to_tensor(_TORCH_STD, self.compute_dtype)
-            x = (x / 255.0 - mean) / std
-        return x
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], 3)
-
-    def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
 
 
 # ---------------------------------------------------------------- block rules
