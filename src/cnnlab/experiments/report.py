@@ -145,11 +145,19 @@ def _progress_png(rows, spec: SweepSpec) -> bytes:
 
 
 def _importances(study) -> dict[str, float] | None:
+    """Optuna's default evaluator (PED-ANOVA) over the complete trials; None with too few."""
+    import warnings
+
     import optuna
 
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 3:
+        return None
     try:
-        return optuna.importance.get_param_importances(study)
-    except Exception as e:  # noqa: BLE001 - needs 2+ finished trials and varied parameters
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # "too small to compute": say so instead
+            return optuna.importance.get_param_importances(study)
+    except Exception as e:  # noqa: BLE001 - e.g. every complete trial tried the same values
         log.info("Parameter importances unavailable: %s", e)
         return None
 
@@ -157,16 +165,17 @@ def _importances(study) -> dict[str, float] | None:
 def _importance_html(study) -> str:
     imp = _importances(study)
     if not imp:
-        return _html.note("Parameter importances need at least two complete trials whose "
+        return _html.note("Parameter importances need at least three complete trials whose "
                           "parameters differ.")  # fmt: skip
     fig, ax = _figure(7.0, 0.5 + 0.4 * len(imp))
     names = list(imp)[::-1]
     ax.barh(names, [imp[n] for n in names], color="#0969da")
-    ax.set_xlabel("importance (fANOVA, share of the metric's variance)")
+    ax.set_xlabel("importance (PED-ANOVA, normalised to sum to 1)")
     fig.tight_layout()
     rows = [[n, f"{v:.3f}"] for n, v in imp.items()]
-    return (_html.note("How much of the variation in the metric each parameter explains, "
-                       "over the complete trials (Optuna's fANOVA evaluator).")
+    return (_html.note("How much each parameter decides whether a trial is among the best: "
+                       "Optuna's PED-ANOVA evaluator compares each parameter's values in the "
+                       "top trials with those of all complete trials.")
             + _html.img(_html.fig_png(fig), "parameter importances")
             + _html.table(["parameter", "importance"], rows, numeric=(1,)))  # fmt: skip
 

@@ -174,10 +174,13 @@ def sweep(
 def _requeue_interrupted(study) -> None:
     """Queue the parameters of this worker's trial that Ctrl-C stopped (Optuna marked it
     failed) so that ``--resume`` runs them again."""
+    from optuna.trial import TrialState
+
     from cnnlab.experiments.study import RETRY, worker_id
 
     for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("worker") == worker_id() and t.user_attrs.get("interrupted"):
+        mine = t.user_attrs.get("worker") == worker_id()
+        if mine and t.state == TrialState.FAIL and t.user_attrs.get("interrupted"):
             if not any(x.system_attrs.get("retry_history", [None])[-1] == t.number
                        for x in study.get_trials(deepcopy=False)):  # fmt: skip
                 RETRY(study, t)
@@ -209,7 +212,7 @@ def _run_trials(study, spec: SweepSpec, folder: SweepFolder, storage: str, verbo
 
     from cnnlab.experiments.study import recover_dead_trials, worker_id
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials: cnnlab says why, once
     started = time.time()
     failures = 0
     errors: list[BaseException] = []
@@ -255,6 +258,7 @@ def _objective(trial, spec: SweepSpec, folder: SweepFolder, storage: str, verbos
     from cnnlab.experiments.study import worker_id
 
     trial.set_user_attr("worker", worker_id())
+    trial.set_user_attr("interrupted", False)  # a retry starts with its original's attributes
     values = suggest(trial, spec)
     config = trial_config(spec, values)
     # verbose 2 shows each trial's epochs; below that, one line per trial

@@ -95,12 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     request = json.loads(Path(args[0]).read_text())
     _die_with_parent(int(request["parent"]))
+    # Ctrl-C is the worker's to handle: it marks the trial interrupted and ends this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _quiet_tensorflow_import()
     try:
         out = run_trial(request)
-    except KeyboardInterrupt:
-        return 130
     except CnnlabError as e:
         out = {"error": str(e), "type": type(e).__name__}
     except Exception as e:  # noqa: BLE001 - the worker records it as the trial's failure
