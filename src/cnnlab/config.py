@@ -32,7 +32,7 @@ SCHEDULES = ("constant", "cosine", "step", "onecycle", "linear")
 RECIPES = ("auto", "fast", "plain")  # see cnnlab.training.recipes
 AUGMENT_POLICIES = ("auto", "none", "light", "standard", "strong")
 RESIZE_MODES = ("stretch", "crop", "pad")
-STRATEGIES = ("default", "mirrored")
+STRATEGIES = ("default", "mirrored", "multiworker")  # see cnnlab.training.distribute
 
 
 @dataclass
@@ -87,6 +87,9 @@ class TrainConfig:
     seed: int = 42
     deterministic: bool = False
     strategy: str = "default"
+    # checkpoints (last/best.keras, state.json) go here instead of <run>/checkpoints: a
+    # folder every worker of a multi-worker cluster can reach
+    backup_dir: str | None = None
     # output: run folders are made inside runs_dir
     runs_dir: str = "runs"
     name: str | None = None

@@ -20,6 +20,7 @@ from cnnlab.cli.data import data
 from cnnlab.cli.evaluate import evaluate
 from cnnlab.cli.export import export
 from cnnlab.cli.finetune import finetune, lr_find
+from cnnlab.cli.launch import launch
 from cnnlab.cli.models import models
 from cnnlab.cli.predict import predict
 from cnnlab.cli.report import report
@@ -45,11 +46,12 @@ def cli() -> None:
       cnnlab export runs/<run>                      # TFLite, ONNX, SavedModel, parity-checked
       cnnlab serve runs/<run>                       # HTTP API and page (no TensorFlow)
       cnnlab models list                            # every architecture
+      cnnlab launch --workers 2 -- train ...        # a multi-worker cluster, locally
     """
 
 
 for command in (train, evaluate, predict, models, data, report, compare, finetune, lr_find,
-                sweep, export, serve):
+                sweep, export, serve, launch):
     cli.add_command(command)
 
 

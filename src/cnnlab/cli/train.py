@@ -146,8 +146,14 @@ Examples:
 )
 @click.option(
     "--strategy",
-    type=click.Choice(["default", "mirrored"]),
-    help="tf.distribute strategy [default: one device].",
+    type=click.Choice(["default", "mirrored", "multiworker"]),
+    help="tf.distribute strategy [default: one device]; multiworker: the cluster of "
+    "TF_CONFIG (see cnnlab launch).",
+)
+@click.option(
+    "--backup-dir",
+    help="Per-epoch checkpoints go here instead of <run>/checkpoints (a folder every "
+    "worker reaches).",
 )
 @click.option("--runs-dir", help="Parent folder of run folders [runs].")
 @click.option("--output", hidden=True, help="Deprecated name of --runs-dir.")
@@ -172,6 +178,11 @@ def train(config_file, resume, quiet, model_kwargs, **options) -> None:
     elif resume:
         options["verbose"] = 1  # how chatty a resumed run is, is the caller's choice
     result = cnnlab.train(config_file, resume=resume, **options)
+    if result.run_dir is None:  # a multi-worker run's other workers: the chief reports
+        worker = result.metrics.get("multiworker", {})
+        click.echo(f"worker {worker.get('worker')} of {worker.get('workers')} finished "
+                   f"(trainable weights {worker.get('weights_fingerprint')})")  # fmt: skip
+        return
     test = result.metrics.get("test")
     if result.evaluation is not None and not quiet:
         click.echo(result.evaluation.report())

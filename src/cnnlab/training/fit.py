@@ -19,9 +19,15 @@ def get_strategy(name: str = "default"):
 
     ``mirrored`` replicates over every GPU, or over every logical CPU device
     when there is no GPU (which is how the tests run it on one machine).
+    ``multiworker`` spans the machines of ``TF_CONFIG`` (or Slurm's): see
+    :mod:`cnnlab.training.distribute`.
     """
     import tensorflow as tf
 
+    if name == "multiworker":
+        from cnnlab.training.distribute import multiworker_strategy
+
+        return multiworker_strategy()
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
@@ -79,6 +85,9 @@ def fit_quietly(
     model, data, val, epochs: int, initial_epoch: int, callbacks: list, verbose
 ) -> None:
     """``model.fit`` on cnnlab pipelines (already shuffled, so ``shuffle=False``)."""
+    from cnnlab.training.distribute import refuse_keras_fit
+
+    refuse_keras_fit(model)
     with warnings.catch_warnings():
         # The file pipeline has unknown length (it may drop a file that broke after
         # the scan); Keras warns about that at every epoch's end.

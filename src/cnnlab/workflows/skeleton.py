@@ -186,6 +186,7 @@ class RunContext:
     strategy: Any
     started: float = field(default_factory=time.time)
     extra_callbacks: list = field(default_factory=list)
+    scratch: bool = False  # ``run`` is a multi-worker helper's scratch folder, deleted after
 
     @property
     def n_train(self) -> int:
@@ -259,10 +260,35 @@ def checkpoint_metrics(ctx: RunContext, state: dict, final) -> dict[str, Any]:
 # ---------------------------------------------------------------- the finish
 
 
+def scratch_run_folder() -> RunFolder:
+    """A temporary run folder for a multi-worker cluster's other workers: their callbacks
+    run as the chief's do (so every worker takes the same steps), but what they write
+    goes here and is deleted when training ends."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="cnnlab-worker-"))
+    (path / "checkpoints").mkdir()
+    return RunFolder(path)
+
+
+def scratch_config(cfg: TrainConfig) -> TrainConfig:
+    """The config a scratch worker runs with: no shared backup folder, no TensorBoard."""
+    return dataclasses.replace(cfg, backup_dir=None, tensorboard=False)
+
+
+def checkpoint_dir(cfg: TrainConfig, run: RunFolder) -> Path:
+    """Where a run's per-epoch checkpoints live: ``<backup_dir>/<run name>/`` when the
+    config has a ``backup_dir`` (a folder every worker of a cluster reaches), else
+    ``<run>/checkpoints``."""
+    if cfg.backup_dir:
+        return Path(cfg.backup_dir) / run.path.name
+    return run.checkpoints
+
+
 def best_model(ctx: RunContext, model, *, use_best: bool = True):
     """The run's final model: its best checkpoint (``checkpoints/best.keras``) when there
     is one and ``use_best``, else ``model`` as the last epoch left it."""
-    best = ctx.run.checkpoints / "best.keras"
+    best = checkpoint_dir(ctx.cfg, ctx.run) / "best.keras"
     if not (use_best and best.is_file()):
         return model
     from cnnlab.models.saving import load_model

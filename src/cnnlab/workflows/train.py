@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from cnnlab.workflows.skeleton import (
     augment_options,
     best_model,
     check_data,
+    checkpoint_dir,
     checkpoint_metrics,
     data_from_config,
     finish_run,
@@ -24,6 +26,8 @@ from cnnlab.workflows.skeleton import (
     record_geometry,
     resolve_test_data,
     run_callbacks,
+    scratch_config,
+    scratch_run_folder,
     seed_everything,
     setup_logging,
     steps_per_epoch,
@@ -41,7 +45,7 @@ RESUME_OVERRIDES = ("epochs", "verbose", "early_stopping")
 class TrainResult:
     """What ``train`` returns: the run folder, the final model and its numbers."""
 
-    run_dir: Path
+    run_dir: Path | None  # None on a multi-worker cluster's other workers
     model: Any
     history: dict[str, list[float]]
     metrics: dict[str, Any]
@@ -94,6 +98,10 @@ def train(
     started = time.time()
     start = _start(config, resume, overrides)
     setup_logging(start.cfg.verbose)
+    if start.cfg.strategy == "multiworker":
+        from cnnlab.training.fit import get_strategy
+
+        get_strategy("multiworker")  # joins the cluster before any other TensorFlow op
     if start.run is None:
         start.cfg = resolve_test_data(start.cfg, start.explicit)  # logs a test folder found
     seed_everything(start.cfg)
@@ -101,13 +109,25 @@ def train(
     cfg, bundle = _load_data(start)
     ctx, model, epochs_done = _build(start, cfg, bundle, started)
     ctx.extra_callbacks = list(callbacks or [])
-    checkpoint, seconds = _fit(ctx, model, epochs_done, start.state)
+    try:
+        checkpoint, seconds, cluster = _fit(ctx, model, epochs_done, start.state)
+    finally:
+        if ctx.scratch:  # another worker of a cluster: nothing of it stays on disk
+            shutil.rmtree(ctx.run.path, ignore_errors=True)
+    if ctx.scratch:
+        return TrainResult(None, model, {}, {"multiworker": cluster}, cfg)
+    if cluster:  # the chief scores a plain copy of the model, outside the cluster
+        from cnnlab.models.saving import load_model
+
+        model = load_model(checkpoint_dir(cfg, ctx.run) / "last.keras")
     # The final model is the best validation epoch (or the last one without validation).
     # The fast recipe's schedule and lookahead are built to end at the last
     # epoch (measured: CIFAR-10 epoch 10 0.823 vs its best-train-accuracy epoch 8 0.798).
     final = best_model(ctx, model, use_best=cfg.recipe != "fast")
     metrics = checkpoint_metrics(ctx, checkpoint.state, final)
     metrics["train_seconds_this_session"] = round(seconds, 2)
+    if cluster:
+        metrics["multiworker"] = cluster
     evaluation, report = finish_run(ctx, final, metrics)
     history = read_history(ctx.run.history)
     return TrainResult(ctx.run.path, final, history, metrics, cfg, evaluation, report)
@@ -129,7 +149,8 @@ def _start(config, resume, overrides: dict[str, Any]) -> _Start:
             fix="Drop those options, or start a new run",
         )
     cfg = resolve_config(run.config, overrides)
-    state = read_json(run.state) if run.state.is_file() else None
+    state_file = checkpoint_dir(cfg, run) / "state.json"
+    state = read_json(state_file) if state_file.is_file() else None
     if state and state["epochs_done"] >= cfg.epochs and run.model.is_file():
         raise RunError(
             f"Run {run.path} already finished all {cfg.epochs} epochs",
@@ -195,16 +216,19 @@ def _build(start: _Start, cfg: TrainConfig, bundle, started: float):
     from cnnlab.models import create_model, get_spec
     from cnnlab.models.saving import load_model
     from cnnlab.training import recipes
+    from cnnlab.training.distribute import worker_role
     from cnnlab.training.fit import compile_model, get_strategy, model_options
 
     spec = get_spec(cfg.model)
     strategy = get_strategy(cfg.strategy)
+    chief = worker_role(strategy).is_chief
     run, epochs_done = start.run, 0
     with strategy.scope():
-        if start.state and (run.checkpoints / "last.keras").is_file():
-            model = load_model(run.checkpoints / "last.keras")
+        if start.state and (checkpoint_dir(cfg, run) / "last.keras").is_file():
+            model = load_model(checkpoint_dir(cfg, run) / "last.keras")
             epochs_done = int(start.state["epochs_done"])
-            run.truncate_history(epochs_done)
+            if chief:
+                run.truncate_history(epochs_done)
             log.info("Resuming %s after epoch %d of %d", run.path, epochs_done, cfg.epochs)
         else:
             options = model_options(spec, cfg, bundle)
@@ -213,6 +237,10 @@ def _build(start: _Start, cfg: TrainConfig, bundle, started: float):
             )
             recipes.prepare_model(model, bundle)  # e.g. fit airbench's whitening layer
             compile_model(model, cfg, steps_per_epoch(cfg, bundle), bundle.num_classes)
+    if not chief:  # the chief writes the run; this worker's callbacks write to a scratch folder
+        ctx = RunContext(scratch_config(cfg), bundle, scratch_run_folder(), strategy, started)
+        ctx.scratch = True
+        return ctx, model, epochs_done
     if run is None:
         run = RunFolder.create(cfg.runs_dir, spec.name, bundle.image_size, cfg.name, cfg.overwrite)
         run.write_setup(cfg.to_dict(), bundle, cfg.seed)
@@ -230,23 +258,35 @@ def _build(start: _Start, cfg: TrainConfig, bundle, started: float):
 
 
 def _fit(ctx: RunContext, model, epochs_done: int, state: dict | None):
-    """Fit from ``epochs_done`` to ``cfg.epochs``; returns the checkpoint and the seconds."""
+    """Fit from ``epochs_done`` to ``cfg.epochs``; returns the checkpoint, the seconds and
+    (multi-worker) this worker's summary of the cluster, else None."""
     from cnnlab.training import recipes
     from cnnlab.training.callbacks import RunCheckpoint
+    from cnnlab.training.distribute import fit_multiworker, is_multiworker
     from cnnlab.training.fit import fit_quietly
 
     cfg, bundle = ctx.cfg, ctx.bundle
-    checkpoint = RunCheckpoint(ctx.run.checkpoints, ctx.monitor, state)
+    folder = checkpoint_dir(cfg, ctx.run)
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint = RunCheckpoint(folder, ctx.monitor, state)
     # Recipe callbacks (lookahead) change the weights, so they run before the checkpoint.
     before = recipes.callbacks(cfg, ctx.steps_per_epoch)
     cbs = run_callbacks(ctx, checkpoint, before=before)
     t0 = time.time()
+    cluster = None
     try:
-        fit_quietly(model, bundle.train, bundle.val, cfg.epochs, epochs_done, cbs, ctx.verbose)
+        if is_multiworker(ctx.strategy):
+            cluster = fit_multiworker(
+                model, bundle, strategy=ctx.strategy, batch_size=cfg.batch_size,
+                epochs=cfg.epochs, initial_epoch=epochs_done, callbacks=cbs,
+                verbose=ctx.verbose, top_k=cfg.top_k,
+            )  # fmt: skip
+        else:
+            fit_quietly(model, bundle.train, bundle.val, cfg.epochs, epochs_done, cbs, ctx.verbose)
     except KeyboardInterrupt:
         log.warning(
             "Interrupted. Finished epochs are saved; continue with: cnnlab train --resume %s",
             ctx.run.path,
         )
         raise
-    return checkpoint, time.time() - t0
+    return checkpoint, time.time() - t0, cluster
