@@ -43,3 +43,20 @@ def test_grid_stops_when_every_cell_is_done():
     assert spec.grid_size() == 4
     assert _budget_left(_study(3), spec, time.time()) is None
     assert _budget_left(_study(4), spec, time.time()) == "4 of 4 trials finished"
+
+
+def test_a_worker_with_another_sweep_file_cannot_join_the_study(tmp_path):
+    import pytest
+
+    from cnnlab.errors import ConfigError
+    from cnnlab.experiments.study import load_study
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    load_study(parse_sweep(RAW, "a.yaml"), url)
+    load_study(parse_sweep(RAW, "a.yaml"), url)  # the same file joins
+    other = parse_sweep({**RAW, "space": {"optimizer": ["adam", "rmsprop"]}}, "b.yaml")
+    with pytest.raises(ConfigError) as e:
+        load_study(other, url)
+    assert f"The study 'b' in {url} was started with a different sweep file (they differ " \
+           "in: space)" in str(e.value)  # fmt: skip
+    assert "give this sweep another `name:`" in str(e.value)
