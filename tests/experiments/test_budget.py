@@ -6,8 +6,11 @@ from __future__ import annotations
 import time
 
 import optuna
+import pytest
 
+from cnnlab.errors import ConfigError
 from cnnlab.experiments.space import parse_sweep
+from cnnlab.experiments.study import load_study
 from cnnlab.experiments.sweep import _budget_left
 
 RAW = {"name": "b", "base": {"data": "builtin:digits"},
@@ -46,11 +49,6 @@ def test_grid_stops_when_every_cell_is_done():
 
 
 def test_a_worker_with_another_sweep_file_cannot_join_the_study(tmp_path):
-    import pytest
-
-    from cnnlab.errors import ConfigError
-    from cnnlab.experiments.study import load_study
-
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     load_study(parse_sweep(RAW, "a.yaml"), url)
     load_study(parse_sweep(RAW, "a.yaml"), url)  # the same file joins
