@@ -10,6 +10,7 @@ import threading
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.export._models import learnable_arrays
@@ -123,3 +124,16 @@ def test_serving_something_else_is_a_clear_error(tmp_path):
     assert done.returncode == 2
     assert "notes.txt is neither an exported model nor a run folder" in done.stderr
     assert "Export a run with `cnnlab export RUN`" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_run_without_an_export_is_exported_to_onnx_first(export_run, tmp_path):
+    """The child `cnnlab export --format onnx` runs; the server itself stays TF-free."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(export_run, run, ignore=shutil.ignore_patterns("export"))
+    with running_server(run, timeout=300) as url:
+        assert httpx.get(f"{url}/metadata").json()["file"] == "model.onnx"
+        assert httpx.get(f"{url}/health").json()["tensorflow_loaded"] is False
+    assert (run / "export" / "model.onnx").is_file() and (run / "export" / "export.json").is_file()

@@ -235,6 +235,11 @@ def export_model(model_or_run, formats="all", output: str | os.PathLike | None =
     bundle, split, label_map = _run_bundle(loaded, data, data_dir)
     seed = int(loaded.config.get("seed", 42))
     held = bundle.examples(split)["labels"]
+    if len(held) == 0 or max_images < 1:
+        raise DataError(f"No held-out images to check the exported files on ({split} split of "
+                        f"{bundle.source.spec} is empty)" if len(held) == 0 else
+                        f"--max-images must be at least 1; received {max_images}",
+                        fix="Pass --data SPEC with labelled images")  # fmt: skip
     rows = np.sort(np.random.default_rng(seed).permutation(len(held))[:max_images])
     images, labels = _images(bundle, split, rows)
     if label_map is not None:
