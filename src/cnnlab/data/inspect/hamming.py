@@ -30,9 +30,12 @@ import numpy as np
 BITS = 64
 _MAX_CHUNK_BITS = 22  # dense tables up to 2**22 entries (32 MiB each); wider: binary search
 _MAX_CANDIDATES = 1 << 22  # expand at most this many probes or candidates at once (memory)
-# Relative costs (measured on this machine, NumPy 2.4): one exhaustive pair comparison,
-# one probe (a looked-up key), one candidate expanded and checked.
-_COST_PAIR, _COST_PROBE, _COST_CANDIDATE = 1.0, 12.0, 25.0
+# Costs in ns, measured on this machine (NumPy 2.4, 200,000 and 1.28 million hashes): one
+# exhaustive pair comparison; one probe (a looked-up key) in a table of up to 2**17 values
+# (in cache) or larger (a memory access per probe); one candidate expanded and checked.
+_COST_PAIR, _COST_PROBE_SMALL, _COST_PROBE_LARGE, _COST_CANDIDATE = 3.0, 25.0, 75.0, 6.0
+_COST_CALLS = 50_000.0  # the NumPy calls of one chunk's lookups for one block of queries
+_INDEX_BLOCK = 4096  # queries per block of the multi-index search
 
 Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]  # i, j, distance
 
@@ -71,9 +74,14 @@ def estimate_costs(n: int, max_distance: int) -> dict[int | str, float]:
         plan = chunk_plan(max_distance, m)
         if max(b for _, b, _ in plan) > _MAX_CHUNK_BITS:
             continue  # feasible (binary search), never cheapest at these sizes
-        probes = sum(_probes(b, r) for _, b, r in plan if r >= 0)
+        probes = sum(
+            _probes(b, r) * (_COST_PROBE_SMALL if b <= 17 else _COST_PROBE_LARGE)
+            for _, b, r in plan
+            if r >= 0
+        )
         candidates = sum(_probes(b, r) * n / 2.0**b for _, b, r in plan if r >= 0)
-        costs[m] = n * (_COST_PROBE * probes + _COST_CANDIDATE * candidates)
+        blocks = -(-n // _INDEX_BLOCK)  # each chunk's lookups are a few NumPy calls per block
+        costs[m] = n * (probes + _COST_CANDIDATE * candidates) + _COST_CALLS * len(plan) * blocks
     return costs
 
 
@@ -188,7 +196,7 @@ def block_search(
         method = "exhaustive" if min(costs, key=costs.get) == "exhaustive" else "index"
     if method == "exhaustive":
         return partial(exhaustive_block, hashes, max_distance=max_distance), 512, method
-    return MultiIndex(hashes, max_distance).search, 4096, method
+    return MultiIndex(hashes, max_distance).search, _INDEX_BLOCK, method
 
 
 def hamming_pairs(hashes: np.ndarray, max_distance: int, method: str = "auto") -> Pairs:
