@@ -2,10 +2,22 @@
 
 ImageNet-1k's training JPEGs average about 400x350 px and 110 KB. Pure noise
 compresses far worse than photographs and flat colour far better, so each image
-here is a smooth random colour gradient plus a little Gaussian grain (a crop of
-one of a few pre-drawn noise fields, so drawing the grain costs nothing),
-saved at JPEG quality 90 without chroma subsampling: about 105-115 KB each.
+here is a smooth random colour field (a random 3x3 to 7x7 grid of colours,
+upsampled bicubically: random low-frequency content, so perceptual hashes are
+as varied as photographs' and the dataset check finds no false near
+duplicates; plain linear gradients gave 91,000 near pairs in 40,000 images)
+plus a little Gaussian grain (a crop of one of a few pre-drawn noise fields, so
+drawing the grain costs nothing), saved at JPEG quality 90 without chroma
+subsampling: about 100-115 KB each.
 Sizes vary around 400x350 (width 340-460, height 300-400).
+
+Drawing an image costs ~10 ms of CPU; on a busy 2-core machine that is hours
+for 200,000. So only the first ``--unique`` images are drawn; image ``i`` after
+them is image ``i mod unique`` flipped, rotated or transposed (one of the
+seven non-identity symmetries of the square, chosen by ``i // unique``),
+cropped by up to 32 px and re-encoded the same way (~4 ms). Those variants
+differ pixel by pixel and to the perceptual hash (its low-frequency signs
+change), so they are not near duplicates of their source.
 
 Layout: ``DEST/c000/000000.jpg`` ... (``--classes`` folders, ``--count`` files in
 all), i.e. a ``folder:`` data source. Files already present are kept, so an
@@ -36,35 +48,57 @@ BANK = 6
 
 def _noise_bank(seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return rng.normal(0.0, GRAIN, (BANK, MAX_H + 64, MAX_W + 64, 3)).astype(np.float32)
+    noise = rng.normal(0.0, GRAIN, (BANK, MAX_H + 64, MAX_W + 64, 3))
+    return np.round(noise).astype(np.int16)
 
 
 def _image(rng: np.random.Generator, bank: np.ndarray) -> bytes:
     h, w = int(rng.integers(300, MAX_H + 1)), int(rng.integers(340, MAX_W + 1))
-    yy = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
-    xx = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, :, None]
-    base = rng.uniform(40, 215, 3).astype(np.float32)
-    slope = rng.uniform(-100, 100, (2, 3)).astype(np.float32)
+    gh, gw = int(rng.integers(3, 8)), int(rng.integers(3, 8))
+    grid = rng.integers(30, 226, (gh, gw, 3), dtype=np.uint8)
+    smooth = Image.fromarray(grid).resize((w, h), Image.Resampling.BICUBIC)
     k, oy, ox = int(rng.integers(BANK)), int(rng.integers(64)), int(rng.integers(64))
-    img = base + xx * slope[0] + yy * slope[1] + bank[k, oy : oy + h, ox : ox + w]
+    img = np.asarray(smooth, np.int16) + bank[k, oy : oy + h, ox : ox + w]
+    np.clip(img, 0, 255, out=img)
     buf = io.BytesIO()
-    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
-        buf, "JPEG", quality=90, subsampling=0
-    )
+    Image.fromarray(img.astype(np.uint8)).save(buf, "JPEG", quality=90, subsampling=0)
     return buf.getvalue()
 
 
-def _work(args: tuple[str, int, int, int, int]) -> int:
-    dest, start, stop, classes, seed = args
+_TRANSPOSES = (Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM,
+               Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270,
+               Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE)  # fmt: skip
+
+
+def _variant(source: Path, i: int, unique: int, rng: np.random.Generator) -> bytes:
+    with Image.open(source) as im:
+        img = im.transpose(_TRANSPOSES[(i // unique - 1) % len(_TRANSPOSES)])
+    w, h = img.size
+    left, top = int(rng.integers(0, 33)), int(rng.integers(0, 33))
+    img = img.crop((left, top, w - int(rng.integers(0, 33)), h - int(rng.integers(0, 33))))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90, subsampling=0)
+    return buf.getvalue()
+
+
+def _path(dest: str, i: int, classes: int) -> Path:
+    return Path(dest) / f"c{i % classes:03d}" / f"{i:06d}.jpg"
+
+
+def _work(args: tuple[str, int, int, int, int, int]) -> int:
+    dest, start, stop, classes, seed, unique = args
     bank = _noise_bank(seed)
     made = 0
     for i in range(start, stop):
-        path = Path(dest) / f"c{i % classes:03d}" / f"{i:06d}.jpg"
+        path = _path(dest, i, classes)
         if path.exists():
             continue
         rng = np.random.default_rng((seed, i))
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(_image(rng, bank))
+        if i < unique:
+            tmp.write_bytes(_image(rng, bank))
+        else:
+            tmp.write_bytes(_variant(_path(dest, i % unique, classes), i, unique, rng))
         os.replace(tmp, path)
         made += 1
     return made
@@ -77,16 +111,24 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--unique", type=int, default=50_000, help="images drawn; later ones are "
+                    "symmetries of these [50000]")  # fmt: skip
     args = ap.parse_args()
     for c in range(args.classes):
         (args.dest / f"c{c:03d}").mkdir(parents=True, exist_ok=True)
     chunk = 2000
+    unique = min(args.unique, args.count)
     jobs = [
-        (str(args.dest), s, min(s + chunk, args.count), args.classes, args.seed)
+        (str(args.dest), s, min(s + chunk, args.count), args.classes, args.seed, unique)
         for s in range(0, args.count, chunk)
     ]
     t0, made = time.time(), 0
+    # The unique images first (variants are made from them), then the variants.
     with mp.Pool(args.workers) as pool:
+        for n, got in enumerate(pool.imap_unordered(_work, [j for j in jobs if j[1] < unique]), 1):
+            made += got
+            print(f"{n} unique chunks, {made} new files, {time.time() - t0:.0f} s", flush=True)
+        jobs = [j for j in jobs if j[1] >= unique]
         for n, got in enumerate(pool.imap_unordered(_work, jobs), 1):
             made += got
             el = time.time() - t0

@@ -10,8 +10,8 @@ stages it goes through and leaves as soon as the first training step ends:
 - **split**: ``make_split``; **load other**: the rest of ``load_data``;
 - **check**: the dataset check before training (``check_before_training``:
   hashes, duplicates, leakage; per-file cache);
-- **setup**: from the check to ``fit`` (input statistics from a sample of
-  images, model build and compile);
+- **setup**: the rest before ``fit``: the recipe, input statistics from a
+  sample of images, model build and compile, the run folder (``split.csv``);
 - **first step**: from ``fit`` to the end of step 1: the input pipeline's
   start (iterator, filling the shuffle buffer: decoding), tracing and compiling
   the step, the step. Keras pulls the first batch inside the traced step, so
@@ -133,7 +133,8 @@ def stages_of(m: dict) -> dict[str, float]:
         "split": m["split_end"] - m["split_begin"],
         "load_other": load - inner,
         "check": m.get("check_end", 0) - m.get("check_begin", 0),
-        "setup": m["fit"] - max(m["load_end"], m.get("check_end", 0)),
+        # Everything between load_data and fit that is not the check.
+        "setup": m["fit"] - m["load_end"] - (m.get("check_end", 0) - m.get("check_begin", 0)),
         "first_step": m["first_step_end"] - m["fit"],
         PART: m.get("pipeline_probe_s", float("nan")),
     }
@@ -173,6 +174,7 @@ def run_once(spec: str, mode: str, cache_dir: Path, extra: list[str]) -> dict:
         "load_avg_before": round(load_before, 2),
         "load_avg_after": round(os.getloadavg()[0], 2),
         "train_args": args,
+        "marks": marks,
     }
 
 

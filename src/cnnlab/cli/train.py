@@ -27,7 +27,8 @@ Examples:
     type=click.Path(dir_okay=False),
     help="YAML file whose keys are these flags' names (flags override it).",
 )
-@click.option("--data", help="builtin:NAME, folder:PATH or csv:FILE [default: builtin:digits].")
+@click.option("--data", help="builtin:NAME, folder:PATH, csv:FILE or tfrecord:DIR "
+              "[default: builtin:digits].")
 @click.option("--data-dir", help="Folder with downloaded archives for builtin datasets.")
 @click.option(
     "--recipe",

@@ -220,7 +220,8 @@ def load_data(
     """Open a data source, scan its files, split it and prepare the pipelines.
 
     Args:
-        spec: ``builtin:NAME``, ``folder:PATH`` or ``csv:FILE``.
+        spec: ``builtin:NAME``, ``folder:PATH``, ``csv:FILE`` or ``tfrecord:DIR`` (written
+            by ``cnnlab data pack``: no scan, its stored split is used).
         image_size: output size; default: native size (most common file size,
             at most 224 px on the longer side).
         channels: 1 or 3; default: 1 when every image is grayscale, else 3.
