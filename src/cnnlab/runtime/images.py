@@ -25,6 +25,7 @@ any pixel is decoded; Pillow's decompression-bomb warning is an error.
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 
@@ -126,34 +127,47 @@ def _pil_to_array(im, channels: int) -> np.ndarray:
     return np.clip(gray, 0, 255).astype(np.uint8)[..., None]
 
 
-def _weights(in_size: int, out_size: int, antialias: bool) -> np.ndarray:
-    """TensorFlow's ``scale_and_translate`` triangle-kernel weights, (out, in)."""
-    scale = out_size / in_size
-    inv = 1.0 / scale
-    kscale = max(inv, 1.0) if antialias else 1.0
-    w = np.zeros((out_size, in_size), np.float64)
+@functools.lru_cache(maxsize=64)
+def _spans(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """TensorFlow's antialiased ``scale_and_translate`` triangle kernel as spans: for each
+    output pixel the first input pixel and the weights of the next ``span`` pixels."""
+    inv = in_size / out_size
+    kscale = max(inv, 1.0)
+    span = min(2 * int(np.ceil(kscale)) + 1, in_size)
+    starts = np.zeros(out_size, np.int64)
+    weights = np.zeros((out_size, span), np.float64)
     for x in range(out_size):
         sample = (x + 0.5) * inv
-        if sample < 0 or sample > in_size:
-            continue
         start = max(int(np.ceil(sample - kscale - 0.5)), 0)
         end = min(int(np.floor(sample + kscale - 0.5)), in_size - 1) + 1
         src = np.arange(start, end)
         k = np.maximum(0.0, 1.0 - np.abs((src + 0.5 - sample) / kscale))
         total = k.sum()
-        w[x, start:end] = k / total if total > 0 else k
-    return w
+        starts[x] = min(start, in_size - span)
+        offset = start - starts[x]
+        weights[x, offset:offset + len(k)] = k / total if total > 0 else k
+    return starts, weights
+
+
+def _resample_rows(x: np.ndarray, out_size: int) -> np.ndarray:
+    """Antialiased triangle resampling of the rows of ``x`` (H, W, C): a few shifted,
+    weighted row gathers (contiguous, so fast) instead of a dense matrix product."""
+    starts, weights = _spans(x.shape[0], out_size)
+    weights = weights.astype(x.dtype)
+    out = x[starts] * weights[:, 0, None, None]
+    for k in range(1, weights.shape[1]):
+        out += x[starts + k] * weights[:, k, None, None]
+    return out
 
 
 def _bilinear(image: np.ndarray, size: tuple[int, int], antialias: bool) -> np.ndarray:
     if not antialias:
         return _resize_bilinear(image, size)
-    h, w = size
-    x = image.astype(np.float64)
-    if x.shape[0] != h:
-        x = np.einsum("oh,hwc->owc", _weights(x.shape[0], h, antialias), x)
-    if x.shape[1] != w:
-        x = np.einsum("ow,hwc->hoc", _weights(x.shape[1], w, antialias), x)
+    x = image.astype(np.float32)
+    if x.shape[1] != size[1]:  # columns: resample the rows of the transpose
+        x = _resample_rows(np.ascontiguousarray(x.transpose(1, 0, 2)), size[1]).transpose(1, 0, 2)
+    if x.shape[0] != size[0]:
+        x = _resample_rows(np.ascontiguousarray(x), size[0])
     return x
 
 
