@@ -234,3 +234,16 @@ def test_streaming_reshuffles_each_epoch_and_keeps_each_images_index(kind, tmp_p
         assert sorted(p for p, _ in order) == [5 * k for k in range(40)]  # each image once
     assert [p for p, _ in epochs[0]] != [p for p, _ in epochs[1]]  # reshuffled
     assert dict(epochs[0]) == dict(epochs[1])  # same index for the same image
+
+
+def test_pack_runs_the_dataset_check_once_and_keeps_its_report(tmp_path):
+    import shutil
+
+    root = make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=6, size=16)
+    shutil.copy(root / "a" / "a_000.png", root / "b" / "copy_of_a.png")  # same image, two labels
+    index = pack(f"folder:{root}", tmp_path / "p", quiet=True)
+    assert "1 duplicate pair(s) with different labels" in index["check"]
+    report = json.loads((tmp_path / "p" / "inspect.json").read_text())
+    assert report["num_images"] == 13 and (tmp_path / "p" / "inspect.html").is_file()
+    assert pack(f"folder:{root}", tmp_path / "q", check=False, quiet=True)["check"] is None
+    assert not (tmp_path / "q" / "inspect.json").exists()

@@ -106,9 +106,10 @@ Examples:
   cnnlab train --data tfrecord:/data/cifar10-tfr --recipe fast
 \b
 Writes <split>-NNNNN-of-MMMMM.tfrecord shards, split.csv and index.json
-(classes, image size, counts per split, shard list, the source's checksum).
-Undecodable files are left out (listed in index.json). The split is drawn once,
-here, and every run on tfrecord:DIR uses it. JPEGs are stored as they are; other
+(classes, image size, counts per split, shard list, the source's checksum),
+and the dataset check's inspect.html/json. Undecodable files are left out
+(listed in index.json). The split is drawn once, here, and every run on
+tfrecord:DIR uses it (runs skip the scan and the check). JPEGs are stored as they are; other
 formats as PNG; with --image-size every image is resized and re-encoded.
 The folder appears only when complete.
 """,
@@ -128,21 +129,28 @@ The folder appears only when complete.
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the split.")
 @click.option("--overwrite", is_flag=True, help="Replace --to when it holds a packed folder.")
 @click.option("--data-dir", help="Folder with archives for builtin datasets.")
+@click.option("--no-check", is_flag=True,
+              help="Skip the dataset check (duplicates, leakage) kept as inspect.html.")
 @click.option("--quiet", is_flag=True, help="No progress bar or progress log lines.")
 def pack_cmd(spec, to, shards, image_size, resize, val_split, test_split, seed, overwrite,
-             data_dir, quiet) -> None:  # fmt: skip
+             data_dir, no_check, quiet) -> None:  # fmt: skip
     """Write a data source as sharded TFRecords plus index.json (for tfrecord:DIR)."""
+    from pathlib import Path
+
     from cnnlab.data.tfrecord import pack
 
     index = pack(
         spec, to, shards=shards, image_size=image_size, resize=resize, val_split=val_split,
         test_split=test_split, seed=seed, overwrite=overwrite, quiet=quiet, data_dir=data_dir,
+        check=not no_check,
     )  # fmt: skip
     counts = ", ".join(f"{n:,} {s}" for s, n in index["counts"].items())
     shards_n = sum(len(v) for v in index["shards"].values())
     click.echo(f"packed {counts} into {to} ({shards_n} shards, {index['bytes'] / 1e6:.1f} MB)")
     if index["skipped"]["count"]:
         click.echo(f"left out {index['skipped']['count']} undecodable file(s): see index.json")
+    for finding in index["check"] or []:
+        click.echo(f"data check: {finding} (see {Path(to) / 'inspect.html'})")
     click.echo(f"train on it: cnnlab train --data tfrecord:{to}")
 
 

@@ -4,7 +4,9 @@ Large sets train faster from a few hundred large files than from a million small
 ones: no per-file open, sequential reads, several shards read at once. Packing
 runs the pre-flight scan once (undecodable files are left out and listed in the
 index), draws the train/val/test split once (stored: every later run uses it),
-and writes each split as its own shards (see :mod:`cnnlab.data.records` for
+runs the dataset check against that split (``inspect.html``/``inspect.json``
+in the packed folder: duplicates, leakage; runs on ``tfrecord:`` data skip both
+the scan and the check) and writes each split as its own shards (see :mod:`cnnlab.data.records` for
 the layout). JPEG files are copied byte for byte; other formats are stored as
 PNG (lossless), and with ``image_size`` every image is resized with the
 pipeline's own resize and stored as JPEG (quality 95) or PNG.
@@ -62,6 +64,7 @@ def pack(
     overwrite: bool = False,
     quiet: bool = False,
     data_dir: str | None = None,
+    check: bool = True,
 ) -> dict:
     """Pack ``spec`` into ``to`` (a new or empty folder); returns the written index.
 
@@ -72,6 +75,8 @@ def pack(
         val_split, test_split, seed: the split drawn when the source has none
             (as ``cnnlab train``'s); it is stored and reused by every run.
         overwrite: replace ``to`` when it already holds a packed folder.
+        check: run the dataset check (duplicates, leakage across the stored split)
+            and keep its report in the packed folder.
     """
     to = Path(to).expanduser()
     kind, value = parse_spec(spec)
@@ -100,9 +105,11 @@ def pack(
         for i, (p, y, s) in enumerate(zip(names, source.labels, split.assignment)):
             w.writerow([i, p, source.class_names[y], s])
         write_text(tmp / SPLIT_FILE, buf.getvalue())
+        findings = _check(source, split, tmp, quiet) if check else None
         index = _index(source, split.assignment, written, checksum, size, channels, skipped,
                        resized=image_size is not None, resize=resize,
                        split_args=(val_split, test_split, seed))  # fmt: skip
+        index["check"] = findings
         write_json(tmp / INDEX_FILE, index)
         _put_in_place(tmp, to)
     except BaseException:
@@ -114,6 +121,18 @@ def pack(
         sum(len(v) for v in written.values()), index["bytes"] / 1e6, time.monotonic() - start,
     )  # fmt: skip
     return index
+
+
+def _check(source: Source, split, folder: Path, quiet: bool) -> list[str]:
+    """The dataset check on the stored split (files already fully decoded by the scan);
+    its report goes into ``folder``; returns its findings (also logged)."""
+    from cnnlab.data.inspect import inspect_data
+
+    report = inspect_data(source, split=split, full_decode=False, quiet=quiet)
+    report.write(folder)
+    for p in report.problems():
+        log.warning("Data check: %s", p)
+    return report.problems()
 
 
 def _source_root(kind: str, value: str) -> Path | None:
