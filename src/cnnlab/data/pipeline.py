@@ -235,18 +235,18 @@ def _records_dataset(records, *, num_classes, image_size, channels, batch_size, 
         training and augmenter is not None and getattr(augmenter, "needs_index", False)
     )
     cached = cache == "memory" or (cache == "auto" and size_bytes <= CACHE_LIMIT_BYTES)
-    ds = records.dataset(training=training, seed=seed)
+    buffer = 0
     if training and not cached:
         per_record = max(1.0, records.mean_record_bytes)
         buffer = max(1, min(n, int(SHUFFLE_BUFFER_BYTES // per_record)))
-        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = records.dataset(training=training, seed=seed, shuffle_buffer=buffer, batch=DECODE_BATCH)
     load_one = make_loader(image_size, channels, resize, from_bytes=True)
     spec = tf.TensorSpec([h, w, channels], tf.uint8)
 
     def load(data, ys, idx):
         return tf.map_fn(load_one, data, fn_output_signature=spec), ys, idx
 
-    ds = ds.batch(DECODE_BATCH).map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.unbatch().apply(tf.data.experimental.assert_cardinality(n))
     if cached:
         ds = ds.cache()

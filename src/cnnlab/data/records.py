@@ -98,12 +98,16 @@ class RecordSplit:
                            num_workers=num_workers, worker_index=index, by_file=True)  # fmt: skip
         return replace(self, num_workers=num_workers, worker_index=index, by_file=False)
 
-    def dataset(self, *, training: bool = False, seed: int = 0, parallel: int = 0):
+    def dataset(self, *, training: bool = False, seed: int = 0, parallel: int = 0,
+                shuffle_buffer: int = 0, batch: int = 0):  # fmt: skip
         """``tf.data`` pipeline of ``(encoded image bytes, label, index within split)``.
 
         Training: shard order reshuffled every epoch (seeded), ``CYCLE_LENGTH``
-        shards read at once in ``parallel`` threads, deterministic given the seed.
+        shards read at once in ``parallel`` threads, deterministic given the seed;
+        ``shuffle_buffer`` records (still serialized) then shuffle within a buffer.
         Otherwise the shards are read one after another: ``split.csv``'s order.
+        With ``batch``, elements are batches of that many, parsed in one call
+        (per-record parsing costs more than decoding a small JPEG).
         """
         import tensorflow as tf
 
@@ -121,12 +125,20 @@ class RecordSplit:
             ds = files.flat_map(lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20))
         if self.num_workers > 1 and not self.by_file:
             ds = ds.shard(self.num_workers, self.worker_index)
-        ds = ds.map(_parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if shuffle_buffer > 1:
+            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if batch and self.rows is None:
+            ds = ds.batch(batch).map(
+                _parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+            )
+        else:
+            ds = ds.map(_parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if self.rows is not None:
             keep = np.zeros(sum(self.counts), bool)
             keep[self.rows] = True
             mask = tf.constant(keep)
             ds = ds.filter(lambda img, y, i: tf.gather(mask, i))
+            ds = ds.batch(batch) if batch else ds
         if self.num_workers > 1:
             # This reader already holds one worker's part: tf.distribute must not shard again.
             options = tf.data.Options()
@@ -138,6 +150,7 @@ class RecordSplit:
 
 
 def _parse(serialized):
+    """One serialized record, or a batch of them, to (image bytes, label, index)."""
     import tensorflow as tf
 
     features = {
@@ -145,7 +158,7 @@ def _parse(serialized):
         "label": tf.io.FixedLenFeature([], tf.int64),
         "index": tf.io.FixedLenFeature([], tf.int64),
     }
-    ex = tf.io.parse_single_example(serialized, features)
+    ex = tf.io.parse_example(serialized, features)
     return ex["image"], ex["label"], ex["index"]
 
 
