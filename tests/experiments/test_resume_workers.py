@@ -126,3 +126,16 @@ def test_two_workers_on_one_sqlite_study_run_disjoint_trials(tmp_path):
     assert ran["a"] | ran["b"] == {t.number for t in study.trials}
     workers = {t.user_attrs["worker"] for t in study.trials}
     assert len(workers) == 2
+
+
+def test_workers_starting_together_on_a_new_database_all_open_it(tmp_path):
+    """Each creates the tables; the losers find them made and retry (plain Optuna fails
+    with "table studies already exists" in most of them)."""
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    code = f"from cnnlab.experiments.study import open_storage; open_storage({url!r})"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+             for _ in range(5)]  # fmt: skip
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 5, errors

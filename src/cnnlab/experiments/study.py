@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import socket
+import time
 import warnings
 from typing import Any
 
@@ -47,12 +48,25 @@ def open_storage(url: str):
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": 60}}
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # cnnlab logs what happens itself
-    with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=RETRY,
-        )  # fmt: skip
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
+                    grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=RETRY,
+                )  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - sqlalchemy's OperationalError, re-raised below
+            # Workers starting together on a new database all create its tables; the
+            # losers find them made ("table studies already exists", "UNIQUE constraint
+            # failed: alembic_version") and only need to open it again.
+            racing = type(e).__module__.startswith("sqlalchemy") and (
+                "already exists" in str(e) or "UNIQUE constraint" in str(e) or "locked" in str(e)
+            )
+            if not racing or attempt == 4:
+                raise
+            time.sleep(0.5 + attempt)
+    raise AssertionError("unreachable")
 
 
 def make_sampler(spec: SweepSpec, seed: int):
