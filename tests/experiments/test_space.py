@@ -165,3 +165,11 @@ def test_options_chosen_together_merge_into_model_kwargs():
     assert kwargs["batch_norm"] in (True, False)
     assert trial.params["model_kwargs"] in ("{dropout: 0.0, dense_dropout: 0.0}",
                                             "{dropout: 0.1, dense_dropout: 0.3}")  # fmt: skip
+
+
+def test_finetune_sweeps_search_finetune_keys_and_train_sweeps_refuse_them():
+    raw = {"base": {"data": "builtin:digits"}, "space": {"freeze_epochs": [1, 2]}}
+    spec = parse_sweep({**raw, "command": "finetune"}, "f.yaml")
+    assert [p.name for p in spec.params] == ["freeze_epochs"]
+    with pytest.raises(ConfigError, match="Unknown key 'freeze_epochs' in the search space of t"):
+        parse_sweep(raw, "t.yaml")

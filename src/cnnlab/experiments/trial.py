@@ -32,7 +32,7 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _quiet_tensorflow_import() -> None:
+def quiet_tensorflow_import() -> None:
     """Import TensorFlow with C++ stderr silenced (its start-up notices ignore
     TF_CPP_MIN_LOG_LEVEL), as the ``cnnlab`` command does; errors surface at the real import."""
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C is the worker's to handle: it marks the trial interrupted and ends this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _quiet_tensorflow_import()
+    quiet_tensorflow_import()
     try:
         out = run_trial(request)
     except CnnlabError as e:
