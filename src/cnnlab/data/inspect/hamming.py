@@ -4,8 +4,8 @@ Both searches walk the queries in blocks of ascending index and return, per
 block, the pairs ``(i, j, distance)`` with ``i < j`` in the block, sorted by
 ``(i, j)``; so concatenating the blocks gives the same list from either.
 
-The exhaustive search compares every pair (n²/2 XOR-and-popcounts: about 40 s
-at 200,000 hashes on one core, 27 minutes at 1.28 million).
+The exhaustive search compares every pair (n²/2 XOR-and-popcounts, about 3 ns
+each here: 80 s of CPU at 200,000 hashes, 50 minutes at 1.28 million).
 
 Multi-index hashing (Norouzi, Punjani and Fleet, 2012) splits the 64 bits into
 ``m`` chunks. If two hashes differ in at most ``d`` bits and chunk ``c`` is
@@ -15,7 +15,10 @@ indexed (its values sorted, with a dense table of where each value starts),
 and a query looks up, in every chunk, each value within ``r_c`` bits of its
 own; the candidates found are then checked on all 64 bits. Nothing within
 ``d`` bits can be missed, and the candidates are a small fraction of all pairs
-(``m`` is chosen from ``n`` and ``d`` by a cost estimate).
+(``m`` is chosen from ``n`` and ``d`` by a cost estimate). Measured by
+``bench/near_duplicates.py`` (random hashes, 1 % planted near copies, d = 10,
+one core): 7.5 s of CPU at 200,000 hashes (10x faster), 134 s at 1.28 million
+(22x), the same pairs.
 """
 
 from __future__ import annotations
