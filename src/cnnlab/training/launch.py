@@ -174,7 +174,8 @@ def _supervise(procs: list[subprocess.Popen], folder: Path, out) -> int:
                 _show_tail(folder / f"worker-{i}.log", out)
             _stop_all(procs)
             chief = procs[0].poll()
-            return codes[i] if i == 0 or chief in (None, 0) or chief < 0 else chief
+            code = codes[i] if i == 0 or chief in (None, 0) or chief < 0 else chief
+            return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell
         if all(c == 0 for c in codes):
             if hasattr(procs[0], "tee"):
                 procs[0].tee.thread.join(timeout=5)

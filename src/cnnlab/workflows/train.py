@@ -115,6 +115,7 @@ def train(
         if ctx.scratch:  # another worker of a cluster: nothing of it stays on disk
             shutil.rmtree(ctx.run.path, ignore_errors=True)
     if ctx.scratch:
+        end_together(ctx.strategy)  # wait for the chief's scoring and report
         return TrainResult(None, model, {}, {"multiworker": cluster}, cfg)
     if cluster:  # the chief scores a plain copy of the model, outside the cluster
         from cnnlab.models.saving import load_model
@@ -129,8 +130,19 @@ def train(
     if cluster:
         metrics["multiworker"] = cluster
     evaluation, report = finish_run(ctx, final, metrics)
+    if cluster:
+        end_together(ctx.strategy)
     history = read_history(ctx.run.history)
     return TrainResult(ctx.run.path, final, history, metrics, cfg, evaluation, report)
+
+
+def end_together(strategy) -> None:
+    """The cluster's last collective: other workers wait here for the chief to finish its
+    scoring and report, so no worker exits while another still talks to it (the chief's
+    coordination service would report it as crashed)."""
+    from cnnlab.training.distribute import all_reduce
+
+    all_reduce(strategy, [1.0])
 
 
 def _start(config, resume, overrides: dict[str, Any]) -> _Start:
