@@ -161,13 +161,19 @@ def test_stage2_never_leaves_the_model_worse_and_the_cli_reports_both(
     )
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "stage 1 (features path): best val_accuracy" in out and "stage 2: best" in out
+    assert "stage 1 (features path, logistic head C=" in out and "stage 2: best" in out
+    assert "classifier kept: frozen-feature logistic regression" in out
     import json
 
     run = Path(out.split("run folder: ")[1].strip())
     metrics = json.loads((run / "metrics.json").read_text())
     s1, s2 = metrics["stages"]["1"], metrics["stages"]["2"]
     assert s2["improved_on_stage1"] is False
+    decisions = json.loads((run / "decisions.json").read_text())["decisions"]
+    assert any(
+        line.startswith("stage 2 not kept: no validation gain (val_accuracy ") for line in decisions
+    ), decisions
+    assert "head refitted on all 36 training + validation images" in " ".join(decisions)
     assert metrics["best_epoch"] <= 4 and metrics["best_value"] == s1["val_accuracy"]
     assert metrics["test"]["accuracy"] == pytest.approx(s1["test_accuracy"], abs=1e-6)
 
@@ -291,7 +297,10 @@ def _run_both(folder, runs_dir, tiny_fine_tune, **split):
 def test_fine_tune_result_report_is_the_written_report(flowers, tiny_fine_tune):
     result = tiny_fine_tune(data=f"folder:{flowers}", test_split=0.25)
     assert result.report == result.run_dir / "report.html"
-    assert result.report.is_file() and "test split" in result.report.read_text()
+    html = result.report.read_text()
+    assert result.report.is_file() and "test split" in html
+    assert "classifier kept" in html and "frozen-feature logistic regression (C=" in html
+    assert "stage 2 skipped: 36 images: too few" in html
     assert (result.run_dir / "report.json").is_file()
 
 
@@ -371,3 +380,115 @@ def test_lr_find_refuses_a_bad_range_before_loading_anything(tmp_path):
             start_learning_rate=1.0,
             end_learning_rate=0.1,
         )
+
+
+# ---------------------------------------------------------------- the logistic-regression head
+def _linear_classifier(dim: int, classes: int):
+    inputs = keras.Input((4, 4, dim))
+    x = keras.layers.GlobalAveragePooling2D(name="pooler")(inputs)
+    x = keras.layers.Dropout(0.2, name="head_dropout")(x)
+    outputs = keras.layers.Dense(classes, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_logistic_head_separates_separable_features_and_the_keras_head_agrees(classes):
+    from cnnlab.training.linear_head import fit_logistic_head, has_linear_head, write_head
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(classes), 15)
+    centres = rng.normal(0, 3, (classes, 16))
+    feats = (centres[y] + rng.normal(0, 0.5, (len(y), 16))).astype("float32")
+    labels = np.eye(classes)[y]
+    fit = fit_logistic_head(feats, labels, seed=0)
+    assert fit.accuracy(feats, labels) == 1.0 and fit.n == len(y)
+    assert fit.folds == 5 and set(fit.cv_accuracy) >= {0.01, 1.0, 10.0}
+    assert fit.cv_accuracy[fit.c] == max(fit.cv_accuracy.values())
+    model = _linear_classifier(16, classes)
+    assert has_linear_head(model)
+    write_head(model, fit)
+    images = np.repeat(np.repeat(feats[:, None, None, :], 4, 1), 4, 2)  # pools back to feats
+    np.testing.assert_allclose(
+        model.predict(images, verbose=0), fit.predict_proba(feats), atol=1e-5
+    )
+
+
+def test_logistic_head_never_predicts_a_class_without_training_images():
+    from cnnlab.training.linear_head import fit_logistic_head
+
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 2], 6)  # class 1 of 3 is missing; 6 per class: 5 folds
+    feats = np.eye(3)[y] * 4 + rng.normal(0, 0.1, (12, 3))
+    fit = fit_logistic_head(feats, np.eye(3)[y], seed=0)
+    probs = fit.predict_proba(np.vstack([feats, [[0, 4, 0]]]))
+    assert probs.shape == (13, 3) and probs[:, 1].max() < 1e-6
+    assert (probs[:12].argmax(1) == y).all()
+    few = fit_logistic_head(feats[:7], np.eye(3)[y[:7]], seed=0)  # one image of class 2
+    assert few.folds == 0 and few.c == 1.0  # no cross-validation: scikit-learn's default C
+
+
+def test_validation_is_carved_only_to_judge_stage_2():
+    from cnnlab.training.finetune import plan_validation
+
+    assert plan_validation(245, 0.1, False, True) == (
+        0.0,
+        "245 images: too few to judge stage 2 on a validation split (needs 1,000)",
+    )
+    assert plan_validation(3000, 0.1, False, True) == (0.1, None)
+    assert plan_validation(3000, 0.1, False, False) == (0.0, "head only")
+    assert plan_validation(245, 0.25, True, True) == (0.25, None)  # asked for: kept
+    assert plan_validation(3000, 0.0, True, True) == (0.0, "no validation split to judge it on")
+    with pytest.raises(ConfigError, match="Bad head_fit: received 'lbfgs'"):
+        resolve_finetune_config(None, {"head_fit": "lbfgs"})
+
+
+def test_small_set_with_a_test_folder_spends_every_image_on_the_head_and_says_so(
+    make_folder, tiny_fine_tune, caplog
+):
+    import json
+
+    caplog.set_level(logging.INFO, logger="cnnlab")
+    classes = ("red", "green", "blue")
+    train_dir = make_folder("petals/train", classes=classes, per_class=8, size=32)
+    make_folder("petals/test", classes=classes, per_class=3, size=32, seed=2)
+    result = tiny_fine_tune(data=f"folder:{train_dir}", verbose=1)
+    with open(result.run_dir / "split.csv", newline="") as f:
+        assert {r["split"] for r in csv.DictReader(f)} == {"train"}  # no val, no test carved
+    decisions = json.loads((result.run_dir / "decisions.json").read_text())
+    lines = decisions["decisions"]
+    assert lines[1] == (
+        "24 training images: no validation split (the head's C is cross-validated on them)"
+    )
+    assert lines[2].startswith("24 images: 5-fold model selection of C over [0.01, 0.03, 0.1,")
+    assert lines[2].endswith("; head refitted on all 24")
+    assert lines[3] == (
+        "stage 2 skipped: 24 images: too few to judge stage 2 on a validation split (needs 1,000)"
+    )
+    assert lines[4].startswith("kept: stage 1, the frozen-feature logistic-regression")
+    assert decisions["validation_images"] == 0 and decisions["stage2"] == "skipped"
+    assert result.metrics["decisions"] == lines
+    assert result.metrics["classifier"] == decisions["classifier"]
+    assert result.metrics["classifier"].startswith("frozen-feature logistic regression (C=")
+    assert "2" not in result.metrics["stages"] and result.metrics["test"]["num_examples"] == 9
+    assert "Decision: stage 2 skipped: 24 images" in caplog.text
+
+
+def test_head_only_cli_gives_the_frozen_feature_classifier(flowers, runs_dir, backbone_weights,
+                                                           capsys):  # fmt: skip
+    import json
+
+    from cnnlab.cli.main import main
+
+    code = main(
+        ["finetune", "--data", f"folder:{flowers}", "--weights", str(backbone_weights)]
+        + ["--image-size", "32", "--runs-dir", str(runs_dir), "-b", "8", "--head-only", "-q"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "classifier kept: frozen-feature logistic regression (C=" in out
+    assert "stage 2" not in out
+    run = Path(out.split("run folder: ")[1].strip())
+    decisions = json.loads((run / "decisions.json").read_text())
+    assert "stage 2 skipped: --head-only" in decisions["decisions"]
+    assert decisions["validation_images"] == 0  # nothing to judge: no validation carved
+    assert not list((run / "checkpoints").glob("*.keras")) and not (run / "history.csv").exists()

@@ -42,22 +42,32 @@ def _train_params(keep=None, drop=("resume", "recipe")) -> list[click.Parameter]
     epilog="""\b
 Examples:
   cnnlab finetune --data folder:flowers --image-size 160          # mobilenet, ImageNet weights
-  cnnlab finetune --data folder:flowers --model efficientnet_lite0 --freeze-epochs 5 --epochs 5
+  cnnlab finetune --data folder:flowers --model efficientnet_lite0 --epochs 5
+  cnnlab finetune --data folder:insects/train --head-only    # frozen features + logistic head
   cnnlab finetune --data folder:photos --model resnet50 --unfreeze 0.5 --layer-decay 0.8
   cnnlab finetune --data folder:photos --weights ~/Downloads/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 --model resnet50
   cnnlab lr-find --data folder:flowers --model mobilenet --image-size 160
                                               # pick --learning-rate first
 
 \b
-Stage 1 trains a new head on the frozen backbone (on features computed once
-when no augmentation comes before the backbone: the log says "feature path").
-Stage 2 unfreezes the top blocks (BatchNorm stays frozen) at --stage2-learning-rate and
-keeps whichever epoch of either stage scored best on validation.
+Stage 1 fits a new head on the frozen backbone: on features computed once
+(when no augmentation comes before the backbone: "feature path") it is fitted
+as logistic regression to convergence, C chosen by k-fold cross-validation.
+Stage 2 unfreezes the top blocks (BatchNorm stays frozen) at --stage2-learning-rate
+when a validation split can judge it (1,000 images or more, or --val-split
+given) and is kept only when it beats stage 1 there. Below 1,000 images no
+validation split is carved; with a separate test set no test split is carved.
+The run logs what it decided and why ("Decision: ...") and writes decisions.json.
 Offline: --weights imagenet reads $KERAS_HOME/models/<file>; a missing file is
 named in the error, with the URL to fetch it from.
 """,
 )
-@click.option("--freeze-epochs", type=int, help="Stage-1 epochs: new head, backbone frozen [10].")
+@click.option(
+    "--freeze-epochs",
+    type=int,
+    help="Stage-1 epochs when the head is trained by gradient descent (--head-fit epochs, "
+    "or augmentation in stage 1) [10]; 0 skips stage 1.",
+)
 @click.option(
     "--unfreeze",
     metavar="N|FRACTION|all",
@@ -82,6 +92,18 @@ named in the error, with the URL to fetch it from.
     type=click.Choice(["auto", "off"]),
     help="auto: compute frozen-backbone features once when possible [auto].",
 )
+@click.option(
+    "--head-fit",
+    type=click.Choice(["auto", "epochs"]),
+    help="auto: on cached features, fit the head as logistic regression (L-BFGS, C by k-fold "
+    "cross-validation); epochs: train it --freeze-epochs epochs [auto].",
+)
+@click.option(
+    "--head-only",
+    is_flag=True,
+    default=None,
+    help="Stage 1 alone: the frozen-feature logistic-regression classifier, no fine-tuning.",
+)
 def finetune(config_file, quiet, model_kwargs, **options) -> None:
     """Fine-tune a pretrained backbone in two stages; same run folder as `cnnlab train`."""
     import cnnlab
@@ -99,11 +121,15 @@ def finetune(config_file, quiet, model_kwargs, **options) -> None:
         value = stage.get(monitor)
         extra = f", test accuracy {stage['test_accuracy']:.4f}" if "test_accuracy" in stage else ""
         path = f" ({stage['path']} path)" if "path" in stage else ""
+        if stage.get("head_fit"):
+            path = f" (features path, logistic head C={stage['C']:g})"
         click.echo(
             f"stage {key}{path}: best {monitor} {value:.4f}{extra}"
             if value is not None
             else f"stage {key}: no epochs"
         )
+    if result.metrics.get("classifier"):
+        click.echo(f"classifier kept: {result.metrics['classifier']}")
     if test:
         click.echo(f"test accuracy {test['accuracy']:.4f}  ({test['num_examples']} images)")
     click.echo(f"run folder: {result.run_dir}")

@@ -32,6 +32,7 @@ __all__ = [
     "feature_dataset",
     "freeze_for_stage",
     "head_model",
+    "plan_validation",
     "resolve_finetune_config",
     "train_dataset",
     "unfrozen_block_count",
@@ -45,7 +46,7 @@ FINETUNE_DEFAULTS: dict[str, Any] = {"model": "mobilenet", "weights": "imagenet"
 class FineTuneOptions:
     """The keys ``fine_tune`` adds to the training config (``epochs`` is stage 2's length)."""
 
-    freeze_epochs: int = 10  # stage 1: head only, backbone frozen
+    freeze_epochs: int = 10  # stage 1 epochs when the head trains by gradient descent; 0 skips
     unfreeze: str = "0.25"  # stage 2: top N blocks ("3"), a fraction ("0.25") or "all"; 0 skips it
     stage2_learning_rate: float | None = None  # default: stage 1's learning rate / 10
     layer_decay: float | None = (
@@ -53,6 +54,10 @@ class FineTuneOptions:
     )
     stage1_augment: bool = False  # augment in stage 1 too (forces the backbone path)
     feature_cache: str = "auto"  # auto: feature path when possible; off: always the backbone path
+    # auto: on the feature path a linear head is fitted as logistic regression (L-BFGS, C
+    # by k-fold CV); epochs: the head is trained for freeze_epochs by gradient descent
+    head_fit: str = "auto"
+    head_only: bool = False  # stage 1 alone: the frozen-feature classifier (no stage 2)
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -82,9 +87,11 @@ def _coerce_options(values: dict[str, Any]) -> FineTuneOptions:
         lr2 = opts.stage2_learning_rate
         opts.stage2_learning_rate = None if lr2 is None else float(lr2)
         opts.layer_decay = None if opts.layer_decay is None else float(opts.layer_decay)
-        if isinstance(opts.stage1_augment, str):
-            opts.stage1_augment = opts.stage1_augment.lower() in ("1", "true", "yes")
-        opts.stage1_augment = bool(opts.stage1_augment)
+        for key in ("stage1_augment", "head_only"):
+            value = getattr(opts, key)
+            if isinstance(value, str):
+                value = value.lower() in ("1", "true", "yes")
+            setattr(opts, key, bool(value))
     except (TypeError, ValueError) as e:
         raise ConfigError(
             f"Bad fine-tuning option: {e}", fix="See `cnnlab finetune --help` for the types"
@@ -111,7 +118,50 @@ def _coerce_options(values: dict[str, Any]) -> FineTuneOptions:
         raise ConfigError(
             f"Bad feature_cache: received {opts.feature_cache!r}", expected="auto or off"
         )
+    opts.head_fit = str(opts.head_fit).strip().lower()
+    if opts.head_fit not in ("auto", "epochs"):
+        raise ConfigError(
+            f"Bad head_fit: received {opts.head_fit!r}",
+            expected="auto (logistic regression on cached features when possible) or epochs",
+            fix="Pass --head-fit auto or --head-fit epochs",
+        )
     return opts
+
+
+# ---------------------------------------------------------------- the plan
+
+# Below this many images (training + validation), a validation split (10%: under 100
+# images) cannot tell stage 2 from stage 1 reliably: the images all go to the head,
+# chosen by k-fold cross-validation, and stage 2 is skipped.
+STAGE2_MIN_IMAGES = 1000
+
+
+def plan_validation(
+    n_images: int, val_split: float, explicit_val: bool, stage2_wanted: bool
+) -> tuple[float, str | None]:
+    """The validation share a fine-tuning run uses, and why stage 2 will not run (or None).
+
+    A validation split exists only to judge stage 2 against stage 1 (the head's
+    regularisation is cross-validated on the training images). So without stage 2,
+    or with fewer than :data:`STAGE2_MIN_IMAGES` images, no images are spent on one,
+    unless ``val_split`` was given explicitly.
+
+    Example:
+        >>> plan_validation(245, 0.1, False, True)
+        (0.0, '245 images: too few to judge stage 2 on a validation split (needs 1,000)')
+    """
+    if explicit_val:
+        if not stage2_wanted:
+            return val_split, "head only"
+        return val_split, None if val_split > 0 else "no validation split to judge it on"
+    if not stage2_wanted:
+        return 0.0, "head only"
+    if n_images < STAGE2_MIN_IMAGES:
+        return 0.0, (
+            f"{n_images:,} images: too few to judge stage 2 on a validation split "
+            f"(needs {STAGE2_MIN_IMAGES:,})"
+        )
+    return val_split, None if val_split > 0 else "no validation split to judge it on"
 
 
 def _parse_unfreeze(value: str) -> tuple[str, float]:

@@ -1,34 +1,45 @@
 """``fine_tune``: a pretrained backbone adapted in two stages, with the guardrails built in.
 
-Stage 1 trains a new head (pooler, dropout, dense) on the frozen backbone. While
+Stage 1 fits a new head (pooler, dropout, dense) on the frozen backbone. While
 the backbone is frozen and no augmentation runs before it, its features are the
-same every epoch, so they are computed once and the head trains on them (the
-*feature path*: on a CPU, epochs of stage 1 take milliseconds instead of
-minutes). Otherwise the frozen backbone runs on every batch (the *backbone
-path*). The log says which path ran.
+same every epoch, so they are computed once (the *feature path*). On that path
+the head, a softmax over a linear map of the features, is fitted as what it is:
+multinomial logistic regression by L-BFGS to convergence, its regularisation C
+chosen by stratified k-fold cross-validation on the training images, the weights
+written into the Keras head (``cnnlab.training.linear_head``). Otherwise (or with
+``head_fit: epochs``) the head trains for ``freeze_epochs`` epochs.
 
 Stage 2 unfreezes the top blocks of the backbone (``unfreeze``: a number of
 blocks, a fraction of them, or ``all``), recompiles with a lower learning rate
 (``stage2_learning_rate``, default: stage 1's / 10; optionally ``layer_decay`` per block
 from the top) and continues. BatchNorm layers stay frozen, which in Keras 3
-also keeps them in inference mode. It monitors validation accuracy and the run
-keeps the best epoch of both stages, so stage 2 can never leave the model
-worse (on validation) than stage 1 did.
+also keeps them in inference mode. It runs only when a validation split can judge
+it (1,000 images or more, or a ``val_split`` given explicitly), and the run keeps
+the best epoch of both stages, so stage 2 is kept only when it beats stage 1 on
+validation. When stage 1 is kept and the run has a test set, the head is
+refitted on training and validation images together.
+
+No images are wasted on splits: with a separate test set nothing is carved for
+testing, and below 1,000 images no validation split is carved (the head's C is
+cross-validated instead). ``head_only`` gives the frozen-feature classifier alone.
+What the run decided and why is logged and written to ``decisions.json`` (and
+``metrics.json``: ``decisions``, ``classifier``).
 
 The run folder, evaluation, report and prediction are those of ``cnnlab train``
 (the same skeleton, ``cnnlab.workflows.skeleton``):
 
     runs/<timestamp>-mobilenet-160/
-      config.yaml   the training keys plus freeze_epochs, unfreeze, stage2_learning_rate, ...
-      history.csv   one row per epoch of both stages, with a ``stage`` column
-      model.keras   the best epoch of either stage
-      metrics.json  test metrics, plus per-stage results under "stages"
+      config.yaml     the training keys plus freeze_epochs, unfreeze, head_only, ...
+      decisions.json  what the run decided and why (splits, C, stage 2, classifier kept)
+      history.csv     one row per epoch that trained, with a ``stage`` column
+      model.keras     the classifier kept
+      metrics.json    test metrics, plus per-stage results under "stages"
       ...
 
 Example:
     >>> result = cnnlab.fine_tune(data="folder:flowers", model="mobilenet",
     ...                           weights="imagenet", image_size=160, epochs=5)
-    >>> result.metrics["stages"]["1"]["val_accuracy"], result.test_accuracy
+    >>> result.metrics["classifier"], result.metrics["decisions"], result.test_accuracy
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnlab._io import atomic_write, write_json
 from cnnlab.config import TrainConfig
 from cnnlab.errors import ModelError
 from cnnlab.run_folder import RunFolder, read_history
@@ -53,11 +65,19 @@ from cnnlab.training.finetune import (
     feature_dataset,
     freeze_for_stage,
     head_model,
+    plan_validation,
     resolve_finetune_config,
     train_dataset,
     unfrozen_block_count,
 )
 from cnnlab.training.fit import compile_model, evaluate_accuracy, fit_quietly
+from cnnlab.training.linear_head import (
+    C_GRID,
+    HeadFit,
+    fit_logistic_head,
+    has_linear_head,
+    write_head,
+)
 from cnnlab.workflows.skeleton import (
     RunContext,
     best_model,
@@ -99,6 +119,26 @@ class _Stages:
     blocks: list[tuple[str, list]]
     lr1: float
     state: dict | None = None  # the checkpoint's state after the last stage
+    decisions: Decisions | None = None
+    stage2_reason: str | None = None  # why stage 2 will not run (None: it may)
+    fit: HeadFit | None = None  # stage 1's logistic-regression head, when fitted as one
+    features: dict = dataclasses.field(default_factory=dict)  # split -> (features, labels)
+
+
+class Decisions:
+    """What the run decided and why: logged as it happens, kept for ``decisions.json``."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.facts: dict[str, Any] = {}
+
+    def add(self, line: str, **facts: Any) -> None:
+        log.info("Decision: %s", line)
+        self.lines.append(line)
+        self.facts.update(facts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"decisions": self.lines, **self.facts}
 
 
 def fine_tune(
@@ -140,10 +180,12 @@ def fine_tune(
     started = time.time()
     cfg, opts = resolve_finetune_config(config, overrides)
     setup_logging(cfg.verbose)
-    cfg = resolve_test_data(cfg, explicit_keys(config, overrides))
+    explicit = explicit_keys(config, overrides)
+    cfg = resolve_test_data(cfg, explicit)
     seed_everything(cfg)
     spec = _check_backbone(cfg)
-    bundle = data_from_config(cfg, image_size=cfg.image_size or spec.default_image_size)
+    decisions = Decisions()
+    cfg, bundle, reason = _plan_data(cfg, opts, spec, explicit, decisions)
     record_geometry(cfg, bundle)
     run = RunFolder.create(cfg.runs_dir, spec.name, bundle.image_size, cfg.name, cfg.overwrite)
     run.write_setup({**cfg.to_dict(), **dataclasses.asdict(opts)}, bundle, cfg.seed)
@@ -151,28 +193,131 @@ def fine_tune(
     log_data(cfg, bundle)
     st = _build(spec, cfg, opts, bundle, run, started)
     st.ctx.extra_callbacks = list(callbacks or [])
+    st.decisions, st.stage2_reason = decisions, reason
     stages = _run_stages(st)
-    final = best_model(st.ctx, st.model)  # the best epoch of either stage
+    final = _final_model(st, stages)
     metrics = {"recipe": "finetune", **checkpoint_metrics(st.ctx, st.state or {}, final)}
     metrics["stages"] = stages
+    metrics["classifier"] = decisions.facts.get("classifier")
+    metrics["decisions"] = decisions.lines
     seconds = sum(s.get("seconds", 0) for s in stages.values())
     metrics["train_seconds_this_session"] = round(seconds, 2)
+    write_json(run.path / "decisions.json", decisions.to_dict())
     evaluation, report = finish_run(st.ctx, final, metrics)
     history = read_history(run.history)
     return FineTuneResult(run.path, final, history, metrics, cfg, evaluation, report, options=opts)
 
 
+def _plan_data(cfg: TrainConfig, opts: FineTuneOptions, spec, explicit: set[str], dec):
+    """The data, split so that no images are wasted: the test set as resolved (a separate
+    one carves nothing), a validation split only when stage 2 will be judged on it.
+    Returns ``(cfg, bundle, why stage 2 will not run or None)``."""
+    size = cfg.image_size or spec.default_image_size
+    wanted = not opts.head_only and unfrozen_block_count(opts.unfreeze, 1) > 0
+    given = cfg.val_split
+    if "val_split" not in explicit:  # first without: the pool decides whether one is carved
+        cfg = cfg.replace(val_split=0.0)
+    bundle = data_from_config(cfg, image_size=size)
+    if cfg.test_data:
+        dec.add(f"test set: {cfg.test_data}; no test split carved from the training data")
+    n_test = len(bundle.examples("test")["labels"])
+    if n_test:
+        dec.add(f"test split: {n_test:,} images carved from {cfg.data} (no separate test set)")
+    pool = len(bundle.examples("train")["labels"]) + len(bundle.examples("val")["labels"])
+    val_split, reason = plan_validation(pool, given, "val_split" in explicit, wanted)
+    if val_split != cfg.val_split:
+        cfg = cfg.replace(val_split=val_split)
+        bundle = data_from_config(cfg, image_size=size)
+    n_val = len(bundle.examples("val")["labels"])
+    dec.add(
+        f"{pool:,} training images: "
+        + (
+            f"{n_val:,} held out for validation, to judge stage 2 against stage 1"
+            if n_val
+            else "no validation split (the head's C is cross-validated on them)"
+        ),
+        training_images=pool,
+        validation_images=n_val,
+        test_images=n_test,
+        test_data=cfg.test_data,
+    )
+    if opts.head_only:
+        reason = "--head-only"
+    elif wanted is False:
+        reason = f"unfreeze={opts.unfreeze}"
+    return cfg, bundle, reason
+
+
 def _run_stages(st: _Stages) -> dict[str, dict[str, Any]]:
-    """Stage 1 (unless ``freeze_epochs`` is 0), then stage 2 (unless nothing unfreezes)."""
+    """Stage 1 (unless ``freeze_epochs`` is 0), then stage 2 when a validation split can
+    judge it (kept only when it beats stage 1 there)."""
     stages: dict[str, dict[str, Any]] = {}
     if st.opts.freeze_epochs > 0:
         stages["1"] = _stage1(st)
     unfrozen = unfrozen_block_count(st.opts.unfreeze, len(st.blocks))
-    if unfrozen > 0:
+    reason = st.stage2_reason
+    if reason is None and not len(st.ctx.bundle.examples("val")["labels"]):
+        reason = "no validation split to judge it on"
+    if reason is None and unfrozen > 0:
         stages["2"] = _stage2(st, unfrozen, "1" in stages)
+        s1, s2, monitor = stages.get("1", {}), stages["2"], st.ctx.monitor
+        kept = s2["improved_on_stage1"] or "1" not in stages
+        st.decisions.add(
+            ("stage 2 kept: " if kept else "stage 2 not kept: no validation gain ")
+            + f"({monitor} {_num(s2.get(monitor))} vs stage 1's {_num(s1.get(monitor))})",
+            stage2="kept" if kept else "not kept",
+        )
     else:
-        log.info("Stage 2 skipped (unfreeze=%s)", st.opts.unfreeze)
+        st.decisions.add(f"stage 2 skipped: {reason}", stage2="skipped", stage2_reason=reason)
     return stages
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _final_model(st: _Stages, stages: dict[str, dict[str, Any]]):
+    """The classifier kept: stage 2's best epoch when it beat stage 1 on validation, else
+    stage 1's (its logistic head refitted on training + validation images when the
+    run has a test set, so the validation images are not wasted)."""
+    ctx, dec = st.ctx, st.decisions
+    stage2 = stages.get("2")
+    if stage2 is not None and (stage2["improved_on_stage1"] or "1" not in stages):
+        dec.add(
+            f"kept: stage 2, the fine-tuned classifier ({len(stage2['unfrozen_blocks'])} "
+            "blocks unfrozen)",
+            classifier="fine-tuned (stage 2)",
+        )
+        return best_model(ctx, st.model)
+    final = best_model(ctx, st.model) if stage2 is not None else st.model
+    if st.fit is None:
+        dec.add("kept: stage 1, head trained on the frozen backbone", classifier="head (stage 1)")
+        return final
+    has_test = bool(ctx.cfg.test_data) or len(ctx.bundle.examples("test")["labels"]) > 0
+    fit = st.fit
+    if "val" in st.features and has_test:
+        (f_tr, y_tr), (f_val, y_val) = st.features["train"], st.features["val"]
+        w = _weights(ctx.bundle, np.concatenate([y_tr, y_val]))
+        fit = fit_logistic_head(
+            np.concatenate([f_tr, f_val]), np.concatenate([y_tr, y_val]),
+            seed=ctx.cfg.seed, sample_weight=w, c=st.fit.c,
+        )  # fmt: skip
+        write_head(final, fit)
+        dec.add(f"head refitted on all {fit.n:,} training + validation images (C={fit.c:g})")
+    if "test" in st.features and "1" in stages:
+        stages["1"]["test_accuracy"] = fit.accuracy(*st.features["test"])
+    dec.add(
+        f"kept: stage 1, the frozen-feature logistic-regression classifier (C={fit.c:g})",
+        classifier=f"frozen-feature logistic regression (C={fit.c:g})",
+        C=fit.c,
+    )
+    return final
+
+
+def _weights(bundle, labels: np.ndarray):
+    """Per-image class weights (``class_weight``), or None."""
+    cw = bundle.class_weights()
+    return None if cw is None else cw[labels.argmax(1)].astype("float64")
 
 
 def _check_backbone(cfg: TrainConfig):
@@ -237,6 +382,8 @@ def _stage1(st: _Stages) -> dict[str, Any]:
     freeze_for_stage(model, 1)
     augment1 = opts.stage1_augment and bundle.augment.active()
     feature_path = opts.feature_cache == "auto" and not augment1
+    if feature_path and opts.head_fit == "auto" and has_linear_head(model):
+        return _stage1_logistic(st)
     lr1 = st.lr1
     if feature_path:
         log.info(
@@ -278,6 +425,71 @@ def _stage1(st: _Stages) -> dict[str, Any]:
         test,
     )
     return stage1
+
+
+def _stage1_logistic(st: _Stages) -> dict[str, Any]:
+    """Stage 1 on the feature path: the head fitted as logistic regression (L-BFGS) on
+    features computed once, C chosen by k-fold cross-validation on the training images."""
+    ctx, model, dec = st.ctx, st.model, st.decisions
+    bundle, cfg = ctx.bundle, ctx.cfg
+    t0 = time.time()
+    feats = {"train": extract_features(model, bundle.dataset("train", training=False))}
+    for split in ("val", "test"):
+        if len(bundle.examples(split)["labels"]):
+            feats[split] = extract_features(model, bundle.dataset(split, training=False))
+    log.info(
+        "Stage 1: feature path - backbone features of %d images computed once in %.1f s; "
+        "head fitted as logistic regression (L-BFGS)",
+        sum(len(y) for _, y in feats.values()),
+        time.time() - t0,
+    )
+    (f_tr, y_tr), n = feats["train"], len(feats["train"][1])
+    fit = fit_logistic_head(f_tr, y_tr, seed=cfg.seed, sample_weight=_weights(bundle, y_tr))
+    write_head(model, fit)
+    st.fit, st.features = fit, feats
+    if fit.folds:
+        grid = ", ".join(f"{c:g}" for c in C_GRID)
+        dec.add(
+            f"{n:,} images: {fit.folds}-fold model selection of C over [{grid}]: chose "
+            f"C={fit.c:g} (cv accuracy {fit.cv_accuracy[fit.c]:.4f}); head refitted on all {n:,}",
+            cv_folds=fit.folds,
+            cv_accuracy={f"{c:g}": round(v, 4) for c, v in fit.cv_accuracy.items()},
+        )
+    else:
+        dec.add(
+            f"{n:,} images: too few in some class for cross-validation; C=1 "
+            f"(scikit-learn's default), head fitted on all {n:,}",
+            cv_folds=0,
+        )
+    summary: dict[str, Any] = {
+        "path": "features",
+        "head_fit": "logistic regression (L-BFGS)",
+        "C": fit.c,
+        "cv_folds": fit.folds,
+        "cv_accuracy": fit.cv_accuracy.get(fit.c),
+        "epochs": 0,
+        "best_epoch": 0,
+        "accuracy": fit.accuracy(f_tr, y_tr),
+        "loss": fit.log_loss(f_tr, y_tr),
+    }
+    if "val" in feats:
+        summary["val_accuracy"] = fit.accuracy(*feats["val"])
+        summary["val_loss"] = fit.log_loss(*feats["val"])
+    summary.setdefault(ctx.monitor, None)
+    st.state = {"epochs_done": 0, "best_epoch": 0, "best_value": summary[ctx.monitor]}
+    st.state["monitor"] = ctx.monitor
+    if st.stage2_reason is None:  # stage 2 may run: it starts from (and must beat) this
+        atomic_write(ctx.run.checkpoints / "best.keras", model.save, suffix=".keras")
+        write_json(ctx.run.checkpoints / "state.json", st.state)
+    summary["seconds"] = round(time.time() - t0, 2)
+    log.info(
+        "Stage 1 done in %.1f s (C=%g): %s %s",
+        summary["seconds"],
+        fit.c,
+        ctx.monitor,
+        _num(summary[ctx.monitor]),
+    )
+    return summary
 
 
 def _feature_path(st: _Stages):

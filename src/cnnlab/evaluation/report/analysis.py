@@ -102,6 +102,8 @@ def summary_numbers(inputs: ReportInputs) -> dict[str, Any]:
         "parameters": int(rm.get("parameters") or inputs.model.count_params()),
         "epochs_done": rm.get("epochs_done", len(history.get("loss", [])) or None),
         "best_epoch": rm.get("best_epoch"),
+        "classifier": rm.get("classifier"),  # fine_tune: the classifier the run kept
+        "decisions": rm.get("decisions") or [],  # fine_tune: what it decided and why
         "training_seconds": round(train_seconds, 1) if train_seconds is not None else None,
         "settings": {key: config.get(key) for key in SUMMARY_SETTINGS if key in config},
         "versions": inputs.env.get("versions", {}),

@@ -92,7 +92,10 @@ def _summary_rows(s: dict, split: str, n: int) -> list[tuple[str, str]]:
     more = " …" if s["num_classes"] > 40 else ""
     epochs = f"{s['epochs_done']} (best: {s['best_epoch']})" if s["epochs_done"] else "–"
     devices = ", ".join(s["devices"] or []) or "–"
-    return [
+    kept = [("classifier kept", s["classifier"])] if s.get("classifier") else []
+    if s.get("decisions"):
+        kept.append(("decisions", "; ".join(s["decisions"])))
+    return kept + [
         ("data", s["data"]),
         ("evaluated on", evaluated),
         ("classes", f"{s['num_classes']}: " + ", ".join(s["class_names"][:40]) + more),
