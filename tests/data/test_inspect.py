@@ -274,3 +274,27 @@ def test_search_method_is_checked():
 
     with pytest.raises(ValueError, match="method must be 'auto', 'exhaustive' or 'index', not 'x'"):
         hamming_pairs(np.zeros(3, np.uint64), 2, method="x")
+
+
+def test_packed_tfrecords_are_checked_like_their_folder(leaky, tmp_path):
+    """``inspect_data("tfrecord:DIR")`` reads the packed bytes and finds what the folder has."""
+    from cnnlab.data import open_source
+    from cnnlab.data.tfrecord import pack
+
+    root, expected = leaky
+    pack(f"folder:{root}", tmp_path / "packed", quiet=True, check=False)
+    packed = inspect_data(f"tfrecord:{tmp_path / 'packed'}", quiet=True)
+    stored = open_source(f"tfrecord:{tmp_path / 'packed'}")
+    split_of = dict(zip(stored.records.names, stored.parts))
+    assert packed.num_images == 38 and sum(packed.counts["test"].values()) == 14
+    found = {(p["a"], p["b"]) for p in packed.leakage}
+    # The folder's six planted pairs, named by their path in the pack, wherever the split put them.
+    planted = {("train/" + a, "test/" + b) for a, b in expected}
+    crossing = {(a, b) for a, b in planted if split_of[a] != split_of[b]}
+    assert crossing and {tuple(sorted(pair)) for pair in found} == {
+        tuple(sorted(pair)) for pair in crossing
+    }
+    folder = inspect_data(f"folder:{root}", quiet=True)
+    assert packed.undecodable == [] and packed.modes == folder.modes
+    assert packed.sizes == folder.sizes and packed.formats == folder.formats
+    assert len(packed.exact_groups) == len(folder.exact_groups) == 2  # copy.png, mislabelled.png

@@ -25,6 +25,7 @@ from cnnlab.data.inspect.duplicates import (
 from cnnlab.data.inspect.files import FileCheck, array_checks, file_checks
 from cnnlab.data.inspect.hashing import DEFAULT_HASH_DISTANCE, DEFAULT_PIXEL_DIFFERENCE
 from cnnlab.data.inspect.report import InspectReport
+from cnnlab.data.inspect_records import record_checks
 from cnnlab.data.sources import Source, open_source, parse_spec
 
 log = logging.getLogger("cnnlab")
@@ -46,12 +47,14 @@ def read_source(
     cache: bool | None = None,
     quiet: bool = False,
 ) -> tuple[list[FileCheck], np.ndarray]:
-    """Step 1: one :class:`FileCheck` and one thumbnail per image (cached per file)."""
+    """Step 1: one :class:`FileCheck` and one thumbnail per image (files: cached per file)."""
     names = _split_names(source, split)
     labels = [source.class_names[y] for y in source.labels]
     if source.is_files:
         paths = [str(p) for p in source.paths]
         return file_checks(paths, names, labels, full_decode, workers, cache=cache, quiet=quiet)
+    if source.is_records:  # packed TFRecords: each record's bytes examined as a file's
+        return record_checks(source, names, labels, full_decode, workers, quiet=quiet)
     return array_checks(source.spec, source.images, names, labels)
 
 
