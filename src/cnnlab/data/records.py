@@ -106,8 +106,8 @@ class RecordSplit:
         shards read at once in ``parallel`` threads, deterministic given the seed;
         ``shuffle_buffer`` records (still serialized) then shuffle within a buffer.
         Otherwise the shards are read one after another: ``split.csv``'s order.
-        With ``batch``, elements are batches of that many, parsed in one call
-        (per-record parsing costs more than decoding a small JPEG).
+        With ``batch``, elements are batches of that many (images kept by
+        :meth:`select` are picked out of each parsed batch).
         """
         import tensorflow as tf
 
@@ -127,18 +127,23 @@ class RecordSplit:
             ds = ds.shard(self.num_workers, self.worker_index)
         if shuffle_buffer > 1:
             ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        if batch and self.rows is None:
-            ds = ds.batch(batch).map(
-                _parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-            )
-        else:
-            ds = ds.map(_parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        # Records are parsed many per call (per-record parsing costs more than decoding a
+        # small JPEG), then split up again unless batches were asked for.
+        ds = ds.batch(batch or 256).map(_parse, num_parallel_calls=tf.data.AUTOTUNE,
+                                        deterministic=True)  # fmt: skip
         if self.rows is not None:
             keep = np.zeros(sum(self.counts), bool)
             keep[self.rows] = True
             mask = tf.constant(keep)
-            ds = ds.filter(lambda img, y, i: tf.gather(mask, i))
+
+            def selected(img, y, i):
+                m = tf.gather(mask, i)
+                return tf.boolean_mask(img, m), tf.boolean_mask(y, m), tf.boolean_mask(i, m)
+
+            ds = ds.map(selected).unbatch()
             ds = ds.batch(batch) if batch else ds
+        elif not batch:
+            ds = ds.unbatch()
         if self.num_workers > 1:
             # This reader already holds one worker's part: tf.distribute must not shard again.
             options = tf.data.Options()
