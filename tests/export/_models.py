@@ -13,7 +13,7 @@ SCRATCH = {
     "vgg8_bn": {"width_mult": 0.125},
     "airbench": {"widths": [8, 8, 8], "tta": 2},
 }
-EPOCHS = {"resnet9": 3, "airbench": 4}  # others: 6 (each epoch is 6 steps)
+EPOCHS = {"resnet9": 3, "airbench": 8}  # others: 6 (each epoch is 6 steps)
 SLOW_SCRATCH = {"resnet20": {"width": 4}}  # 20 layers: 36 s to fit on 2 cores
 PRETRAINED = ("mobilenet_v2", "efficientnet_b0", "efficientnet_lite0", "resnet50")
 

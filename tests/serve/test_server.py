@@ -137,3 +137,13 @@ def test_a_run_without_an_export_is_exported_to_onnx_first(export_run, tmp_path)
         assert httpx.get(f"{url}/metadata").json()["file"] == "model.onnx"
         assert httpx.get(f"{url}/health").json()["tensorflow_loaded"] is False
     assert (run / "export" / "model.onnx").is_file() and (run / "export" / "export.json").is_file()
+
+
+@pytest.mark.parametrize("flag,value,shown", [("--queue", "0", "0"), ("--timeout", "-1", "-1.0"),
+                                              ("--max-bytes", "0", "0")])  # fmt: skip
+def test_limits_must_be_positive(export_run, flag, value, shown):
+    model = str(export_run / "export" / "model.onnx")
+    done = subprocess.run([sys.executable, "-m", "cnnlab.cli.main", "serve", model, flag, value],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    assert f"cnnlab: error: {flag} must be positive; received {shown}." in done.stderr

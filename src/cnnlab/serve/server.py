@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cnnlab.errors import ModelError, RunError
+from cnnlab.errors import ConfigError, ModelError, RunError
 from cnnlab.run_folder import RunFolder
 from cnnlab.runtime.artifact import find_artifact, is_artifact, load_artifact
 from cnnlab.serve.app import ServeOptions, create_app
@@ -49,6 +49,12 @@ def run_server(model, *, host: str = "127.0.0.1", port: int = 8000, threads: int
     """Serve ``model`` until interrupted; prints the URL once the socket listens."""
     import uvicorn
 
+    flags = {"queue_size": "queue", "timeout_s": "timeout"}
+    for key, value in {"threads": threads, **options}.items():
+        if isinstance(value, (int, float)) and value <= 0:
+            flag = flags.get(key, key.replace("_", "-"))
+            raise ConfigError(f"--{flag} must be positive; received {value}",
+                              fix="Pass a positive number (see `cnnlab serve --help`)")  # fmt: skip
     artifact = load_artifact(resolve_model(model), threads=threads)
     if artifact.format == "savedmodel":
         raise ModelError(f"{artifact.path} is a SavedModel, which needs TensorFlow to run",
