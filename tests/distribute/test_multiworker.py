@@ -63,6 +63,8 @@ def test_two_workers_one_run_folder_same_weights_and_accuracy_as_one_process(tmp
     assert prints[0] == prints[1] == two["multiworker"]["weights_fingerprint"]
     assert "trainable weights " + prints[1] in (logs / "worker-1.log").read_text()
 
+    # The same run in one fresh process (as the CLI runs it: a test process that already
+    # trained other models draws other random numbers for the same seed).
     code = run(["train", *args, "--name", "one"], env, tmp_path / "one.log", timeout=180)
     assert code == 0, (tmp_path / "one.log").read_text()[-3000:]
     one = json.loads((runs / "one" / "metrics.json").read_text())
@@ -83,9 +85,9 @@ def test_sigkill_of_worker_1_in_epoch_3_then_resume_finishes_3_to_5(tmp_path):
     env = env_for(tmp)
     run_dir = runs / "kill"
     launcher_log = tmp_path / "launch.log"
-    # Small batches: an epoch lasts long enough (90 steps) to be killed in the middle of.
+    # Small batches: an epoch lasts long enough (45 steps) to be killed in the middle of.
     launcher = start(["launch", "--workers", "2", "--", "train", *DIGITS, "--epochs", "5",
-                      "--batch-size", "16", "--runs-dir", str(runs), "--name", "kill"],
+                      "--batch-size", "32", "--runs-dir", str(runs), "--name", "kill"],
                      env, launcher_log)  # fmt: skip
     try:
         wait_for(lambda: len(_history_epochs(run_dir / "history.csv")) == 2, 180,
