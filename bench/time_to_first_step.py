@@ -29,6 +29,12 @@ the load average beside each row says how busy the shared machine was.
 through the runs of one mode at different sizes (two sizes: exact), then
 projects to 1.28 M images (ImageNet-1k's training set).
 
+``--fill-cache`` runs the two per-file stages alone (the pre-flight scan and
+the check's reading, as ``cnnlab train`` calls them) on the files of ``--data``
+present now, into ``--cache-dir``, timing the files not cached yet: repeated
+while a large folder is still being generated it spreads the cold per-file
+work over the generation, and the sum of its rows is the cold per-file cost.
+
 Usage:
     python bench/time_to_first_step.py --data folder:/tmp/data/cifar10 --modes cold,warm
     python bench/time_to_first_step.py --data folder:/tmp/imagenet-like --modes cold,warm
@@ -204,6 +210,43 @@ def measure(args) -> None:
             )
 
 
+def fill_cache(args) -> None:
+    """Scan and check-read the files of args.data not yet in args.cache_dir; time them."""
+    import numpy as np
+
+    os.environ["CNNLAB_CACHE_DIR"] = args.cache_dir
+    from cnnlab.data import open_source
+    from cnnlab.data.inspect.files import file_checks
+    from cnnlab.data.scan import scan_images
+    from cnnlab.data.scan_cache import FileCache
+
+    source = open_source(args.data)
+    paths = [str(p) for p in source.paths]
+    row = {"bench": "fill_cache", "data": args.data, "images": len(paths)}
+    for kind, run in (
+        ("scan", lambda: scan_images(paths, quiet=True)),
+        ("check-fast", lambda: file_checks(paths, np.array(["train"] * len(paths)),
+                                           [source.class_names[y] for y in source.labels],
+                                           False, min(8, 2 * (os.cpu_count() or 2)),
+                                           quiet=True)),
+    ):  # fmt: skip
+        store = FileCache.open(paths, kind, None)
+        cached = len(store.lookup(paths)[0])
+        store.close()
+        cpu0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        run()
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        row[kind] = {
+            "new_files": len(paths) - cached,
+            "wall_s": round(time.monotonic() - t0, 1),
+            "cpu_s": round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 1),
+        }
+    row["load_avg"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(row), flush=True)
+    with open(RESULTS, "a") as f:
+        f.write(json.dumps({**row, "machine": _common.machine()}) + "\n")
+
+
 def fit(args) -> None:
     """Fit t = c * n**k per stage through the latest run of each (mode, size); project."""
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
@@ -261,10 +304,14 @@ def main() -> None:
     ap.add_argument("--train-args", default="", help="More `cnnlab train` options")
     ap.add_argument("--label", help="Name in the results [the spec]")
     ap.add_argument("--fit", action="store_true", help="Fit and project from earlier results")
+    ap.add_argument("--fill-cache", action="store_true",
+                    help="Only scan and check-read the uncached files of --data into --cache-dir")  # fmt: skip
     ap.add_argument("--kind", default="folder:", help="With --fit: which specs to fit [folder:]")
     args = ap.parse_args()
     if args.fit:
         fit(args)
+    elif args.fill_cache and args.data and args.cache_dir:
+        fill_cache(args)
     elif args.data:
         measure(args)
     else:
