@@ -163,8 +163,7 @@ def replica_batch_size(batch_size: int, strategy) -> int:
         raise ConfigError(
             f"batch_size {batch_size} does not split over {n} replicas",
             expected=f"a global batch size divisible by {n} (the workers times their devices)",
-            fix=f"Pass --batch-size {max(n, batch_size // n * n)} or "
-            f"{(batch_size // n + 1) * n}",
+            fix=f"Pass --batch-size {max(n, batch_size // n * n)} or {(batch_size // n + 1) * n}",
         )
     return batch_size // n
 
@@ -460,8 +459,11 @@ def fit_multiworker(model, bundle, *, strategy, batch_size: int, epochs: int,
                 logs.update(_logs(val, k, "val_"))
         cbs.on_epoch_end(epoch, logs)
         if verbose and role.is_chief:
-            shown = " - ".join(f"{key}: {value:.4f}" for key, value in logs.items()
-                               if key in ("loss", "accuracy", "val_loss", "val_accuracy"))
+            shown = " - ".join(
+                f"{key}: {value:.4f}"
+                for key, value in logs.items()
+                if key in ("loss", "accuracy", "val_loss", "val_accuracy")
+            )
             print(f"Epoch {epoch + 1}/{epochs} - {time.perf_counter() - t0:.1f}s - {shown}",
                   flush=True)  # fmt: skip
         stop = all_reduce(strategy, [float(bool(model.stop_training))])[0] > 0
@@ -495,12 +497,17 @@ def refuse_keras_fit(model) -> None:
     (see the module docstring): only ``cnnlab train`` has the multi-worker loop."""
     strategy = getattr(model, "distribute_strategy", None)
     if strategy is not None and is_multiworker(strategy):
-        raise ConfigError(
-            "This command cannot train under --strategy multiworker: Keras 3's model.fit "
-            "fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), and only "
-            "`cnnlab train` has cnnlab's own multi-worker loop (fine-tuning's stages and its "
-            "feature path are not ported to it yet)",
-            expected="--strategy default or mirrored for this command",
-            fix="Fine-tune on one machine with --strategy mirrored, or train from scratch "
-            "across machines with `cnnlab train --strategy multiworker`",
-        )
+        refuse_multiworker()
+
+
+def refuse_multiworker() -> None:
+    """The error of commands that cannot train under ``--strategy multiworker``."""
+    raise ConfigError(
+        "This command cannot train under --strategy multiworker: Keras 3's model.fit "
+        "fails under MultiWorkerMirroredStrategy (keras-team/keras#20585), and only "
+        "`cnnlab train` has cnnlab's own multi-worker loop (fine-tuning's stages and its "
+        "feature path are not ported to it yet)",
+        expected="--strategy default or mirrored for this command",
+        fix="Fine-tune on one machine with --strategy mirrored, or train from scratch "
+        "across machines with `cnnlab train --strategy multiworker`",
+    )

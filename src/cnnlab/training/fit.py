@@ -14,19 +14,22 @@ import numpy as np
 from cnnlab.nn.optimizers import make_optimizer
 
 
-def get_strategy(name: str = "default"):
+def get_strategy(name: str = "default", *, multiworker: bool = False):
     """The ``tf.distribute`` strategy to build and train under.
 
     ``mirrored`` replicates over every GPU, or over every logical CPU device
     when there is no GPU (which is how the tests run it on one machine).
     ``multiworker`` spans the machines of ``TF_CONFIG`` (or Slurm's): see
-    :mod:`cnnlab.training.distribute`.
+    :mod:`cnnlab.training.distribute`; only callers with a multi-worker loop
+    (``multiworker=True``) get it, others get a clear refusal.
     """
     import tensorflow as tf
 
     if name == "multiworker":
-        from cnnlab.training.distribute import multiworker_strategy
+        from cnnlab.training.distribute import multiworker_strategy, refuse_multiworker
 
+        if not multiworker:
+            refuse_multiworker()
         return multiworker_strategy()
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")

@@ -101,7 +101,7 @@ def train(
     if start.cfg.strategy == "multiworker":
         from cnnlab.training.fit import get_strategy
 
-        get_strategy("multiworker")  # joins the cluster before any other TensorFlow op
+        get_strategy("multiworker", multiworker=True)  # joins the cluster before any TF op
     if start.run is None:
         start.cfg = resolve_test_data(start.cfg, start.explicit)  # logs a test folder found
     seed_everything(start.cfg)
@@ -232,7 +232,7 @@ def _build(start: _Start, cfg: TrainConfig, bundle, started: float):
     from cnnlab.training.fit import compile_model, get_strategy, model_options
 
     spec = get_spec(cfg.model)
-    strategy = get_strategy(cfg.strategy)
+    strategy = get_strategy(cfg.strategy, multiworker=True)
     chief = worker_role(strategy).is_chief
     run, epochs_done = start.run, 0
     with strategy.scope():
