@@ -120,3 +120,10 @@ def test_a_missing_or_broken_tf_config_is_explained(monkeypatch):
     )
     with pytest.raises(ConfigError, match="parameter-server clusters are not supported"):
         cluster_resolver()
+
+
+def test_commands_without_the_multiworker_loop_refuse_it_with_a_reason():
+    from cnnlab.training.fit import get_strategy
+
+    with pytest.raises(ConfigError, match="only `cnnlab train` has cnnlab's own multi-worker"):
+        get_strategy("multiworker")  # as fine-tuning asks for it
