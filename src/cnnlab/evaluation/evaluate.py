@@ -132,8 +132,10 @@ def score_run(
     one) or to ``output``.
     """
     from cnnlab.models.saving import load_for_inference
+    from cnnlab.runtime import is_artifact, load_artifact
 
-    loaded = load_for_inference(model_or_run)
+    # An exported .tflite/.onnx/SavedModel runs in its own runtime (same interface).
+    loaded = (load_artifact if is_artifact(model_or_run) else load_for_inference)(model_or_run)
     cfg = loaded.config
     if data is None and split == "test" and cfg.get("test_data"):
         data = cfg["test_data"]  # the run's separate test set

@@ -46,8 +46,12 @@ def predict(model, paths, *, top_k: int = 3, batch_size: int = 32) -> list[dict]
     from cnnlab.data.pipeline import apply_options, decode_file, make_resizer, to_uint8
     from cnnlab.data.scan import scan_images
     from cnnlab.models.saving import LoadedModel, load_for_inference
+    from cnnlab.runtime import Artifact, is_artifact, load_artifact
 
-    loaded = model if isinstance(model, LoadedModel) else load_for_inference(model)
+    if isinstance(model, (LoadedModel, Artifact)):
+        loaded = model
+    else:  # an exported .tflite/.onnx/SavedModel runs in its own runtime (same interface)
+        loaded = (load_artifact if is_artifact(model) else load_for_inference)(model)
     files = expand_paths(paths if isinstance(paths, (list, tuple)) else [paths])
     infos = scan_images(files)
     good = [i.path for i in infos if i.ok]
