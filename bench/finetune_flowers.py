@@ -5,9 +5,12 @@ Every contender uses the same stratified split of flowers5 (seed 42: 80% train,
 image size, and is scored on the same held-out test images:
 
 - **cnnlab mobilenet**: ``cnnlab.fine_tune(model="mobilenet", weights="imagenet")``:
-  stage 1 trains the head on backbone features computed once (``--freeze-epochs``),
-  stage 2 unfreezes the top quarter of the blocks at a tenth of the rate with
-  BatchNorm frozen (``--epochs``) and keeps the best validation epoch of both.
+  stage 1 fits the head on backbone features computed once (since issue 13: as
+  logistic regression by L-BFGS, C by 5-fold cross-validation; ``--freeze-epochs``
+  counts only with ``head_fit: epochs``), stage 2 unfreezes the top quarter of the
+  blocks at a tenth of the rate with BatchNorm frozen (``--epochs``) and is kept
+  only when it beats stage 1 on validation (else the head is refitted on
+  training + validation images).
 - **scratch**: ``cnnlab.train(model=--scratch-model)`` from random weights in the
   same training-time budget as cnnlab mobilenet (epochs sized by a one-epoch
   probe, then a hard time limit).

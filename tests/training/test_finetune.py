@@ -403,7 +403,8 @@ def test_logistic_head_separates_separable_features_and_the_keras_head_agrees(cl
     fit = fit_logistic_head(feats, labels, seed=0)
     assert fit.accuracy(feats, labels) == 1.0 and fit.n == len(y)
     assert fit.folds == 5 and set(fit.cv_accuracy) >= {0.01, 1.0, 10.0}
-    assert fit.cv_accuracy[fit.c] == max(fit.cv_accuracy.values())
+    assert fit.cv_log_loss[fit.c] == min(fit.cv_log_loss.values())
+    assert set(fit.cv_accuracy) == set(fit.cv_log_loss)
     model = _linear_classifier(16, classes)
     assert has_linear_head(model)
     write_head(model, fit)

@@ -5,7 +5,7 @@ map of the pooled features, which is multinomial logistic regression. So stage 1
 fits it as such: L-BFGS (scikit-learn) to convergence instead of a few epochs of
 Adam, with the regularisation ``C`` chosen by stratified k-fold cross-validation
 on the training features (no validation images spent on it), then refitted on
-all of them. :func:`write_head` puts the weights into the Keras ``predictions``
+all of them (the C of lowest held-out log-loss). :func:`write_head` puts the weights into the Keras ``predictions``
 layer, so the saved model is an ordinary Keras model whose predictions equal the
 fitted classifier's.
 
@@ -50,7 +50,8 @@ class HeadFit:
     intercept: np.ndarray  # (classes,)
     n: int  # training images it was fitted on
     folds: int = 0  # 0: C was not cross-validated
-    cv_accuracy: dict[float, float] = field(default_factory=dict)  # mean fold accuracy per C
+    cv_accuracy: dict[float, float] = field(default_factory=dict)  # held-out accuracy per C
+    cv_log_loss: dict[float, float] = field(default_factory=dict)  # held-out log-loss per C
     seconds: float = 0.0
 
     def predict_proba(self, feats: np.ndarray) -> np.ndarray:
@@ -95,25 +96,38 @@ def fold_count(y: np.ndarray) -> int:
     return folds if folds >= 2 else 0
 
 
-def choose_c(x, y, w, seed: int, grid=C_GRID) -> tuple[float, int, dict[float, float]]:
-    """``C`` by stratified k-fold accuracy: the best, and among those within one image of
-    the best, the one nearest scikit-learn's default C=1. Returns ``(C, folds, scores)``."""
+def choose_c(x, y, w, seed: int, grid=C_GRID):
+    """``C`` with the lowest stratified k-fold log-loss (ties: the one nearest C=1).
+
+    Log-loss, not accuracy: on flowers5 at 10-100 images per class (MobileNet
+    features, 10 draws each) choosing by held-out accuracy gained 0.3-3.3 points
+    over C=1 and lost up to 0.5 on some draws; by log-loss it gained 0.9-3.5 and
+    lost at most 0.35 (accuracy moves in steps of one image; log-loss is smooth).
+    Returns ``(C, folds, accuracy per C, log-loss per C)``.
+    """
     from sklearn.model_selection import StratifiedKFold
 
     folds = fold_count(y)
     if folds == 0:
-        return 1.0, 0, {}
-    totals = {c: 0.0 for c in grid}
+        return 1.0, 0, {}, {}
+    hits = {c: 0.0 for c in grid}
+    loss = {c: 0.0 for c in grid}
     for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
-        clf = _classifier(grid[0], seed, warm=True)  # warm start along the C path
+        clf = _classifier(min(grid), seed, warm=True)  # warm start along the C path
         for c in sorted(grid):
             clf.C = c
             _fit(clf, x[tr], y[tr], None if w is None else w[tr])
-            totals[c] += float(np.sum(clf.predict(x[te]) == y[te]))
-    scores = {c: totals[c] / len(y) for c in grid}
-    best = max(scores.values())
-    near = [c for c in grid if scores[c] >= best - 1.0 / len(y) - 1e-12]
-    return min(near, key=lambda c: abs(math.log(c))), folds, scores
+            p = clf.predict_proba(x[te])
+            cols = np.searchsorted(clf.classes_, y[te])
+            p_true = p[np.arange(len(te)), cols]
+            hits[c] += float(np.sum(clf.classes_[p.argmax(1)] == y[te]))
+            loss[c] -= float(np.sum(np.log(np.clip(p_true, 1e-12, 1.0))))
+    n = len(y)
+    accuracy = {c: hits[c] / n for c in grid}
+    log_loss = {c: loss[c] / n for c in grid}
+    best = min(log_loss.values())
+    near = [c for c in grid if log_loss[c] <= best + 1e-9]
+    return min(near, key=lambda c: abs(math.log(c))), folds, accuracy, log_loss
 
 
 def fit_logistic_head(
@@ -130,9 +144,9 @@ def fit_logistic_head(
     x = np.asarray(feats, dtype="float64")
     y = np.asarray(labels).argmax(1)
     num_classes = np.asarray(labels).shape[1]
-    folds, scores = 0, {}
+    folds, accuracy, log_loss = 0, {}, {}
     if c is None:
-        c, folds, scores = choose_c(x, y, sample_weight, seed)
+        c, folds, accuracy, log_loss = choose_c(x, y, sample_weight, seed)
     coef = np.zeros((num_classes, x.shape[1]))
     intercept = np.full(num_classes, ABSENT_LOGIT)
     present = np.unique(y)
@@ -147,7 +161,8 @@ def fit_logistic_head(
             intercept[rows[0]] = 0.0
         else:
             coef[rows], intercept[rows] = clf.coef_, clf.intercept_
-    return HeadFit(c, coef, intercept, len(y), folds, scores, round(time.time() - t0, 2))
+    seconds = round(time.time() - t0, 2)
+    return HeadFit(c, coef, intercept, len(y), folds, accuracy, log_loss, seconds)
 
 
 def has_linear_head(model) -> bool:

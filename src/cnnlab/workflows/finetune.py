@@ -451,9 +451,11 @@ def _stage1_logistic(st: _Stages) -> dict[str, Any]:
         grid = ", ".join(f"{c:g}" for c in C_GRID)
         dec.add(
             f"{n:,} images: {fit.folds}-fold model selection of C over [{grid}]: chose "
-            f"C={fit.c:g} (cv accuracy {fit.cv_accuracy[fit.c]:.4f}); head refitted on all {n:,}",
+            f"C={fit.c:g} (cv log-loss {fit.cv_log_loss[fit.c]:.4f}, cv accuracy "
+            f"{fit.cv_accuracy[fit.c]:.4f}); head refitted on all {n:,}",
             cv_folds=fit.folds,
             cv_accuracy={f"{c:g}": round(v, 4) for c, v in fit.cv_accuracy.items()},
+            cv_log_loss={f"{c:g}": round(v, 4) for c, v in fit.cv_log_loss.items()},
         )
     else:
         dec.add(
