@@ -238,7 +238,7 @@ def _plan_data(cfg: TrainConfig, opts: FineTuneOptions, spec, explicit: set[str]
         ),
         training_images=pool,
         validation_images=n_val,
-        test_images=n_test,
+        test_split_images=n_test,
         test_data=cfg.test_data,
     )
     if opts.head_only:
