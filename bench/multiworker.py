@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -95,6 +96,7 @@ def main() -> None:
     p.add_argument("--learning-rate", default="0.003")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--keep", action="store_true", help="Keep the run folders and logs.")
     args = p.parse_args()
     cores = sorted(os.sched_getaffinity(0))[: args.workers]
     if len(cores) < args.workers:
@@ -132,6 +134,10 @@ def main() -> None:
     record = {"args": vars(args), "target_val_accuracy": target, "one_process": one,
               "cluster": two, "load_before": list(load_before), "machine": machine()}  # fmt: skip
     print(f"appended to {append_result('multiworker', record)}")
+    if args.keep:
+        print(f"run folders and logs: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
