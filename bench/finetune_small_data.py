@@ -29,7 +29,8 @@ Usage:
 Flags: ``--ks`` [10,25,50,100,all]; ``--seeds`` [0,1,2]; ``--all-seeds`` seeds of the
 ``all`` row [0]; ``--backbones`` [mobilenet,efficientnet_lite0]; ``--image-size`` [128];
 ``--epochs`` stage-2 epochs passed to cnnlab [its default]; ``--workdir`` [a temporary
-folder]. Every run appends one JSON line to bench/results/finetune_small_data.jsonl
+folder]; ``--from-results`` prints and appends the summary of the run lines already in
+the results file (e.g. one process per backbone) instead of running. Every run appends one JSON line to bench/results/finetune_small_data.jsonl
 as it finishes, and the summary (accuracy mean and spread per k) one more at the end.
 cnnlab's time is its wall time (loading, features, the head's cross-validation,
 stage 2 when it runs, scoring the test set); the HTML report is skipped (it is not
@@ -179,7 +180,19 @@ def main() -> None:
     p.add_argument("--epochs", type=int, help="stage-2 epochs for cnnlab [its default]")
     p.add_argument("--workdir", help="links and run folders [a temporary folder]")
     p.add_argument("--verbose", type=int, default=0)
+    p.add_argument(
+        "--from-results",
+        action="store_true",
+        help="summarise the run lines of bench/results/finetune_small_data.jsonl",
+    )
     args = p.parse_args()
+    command = " ".join(["python", "bench/finetune_small_data.py", *sys.argv[1:]])
+    if args.from_results:
+        import json
+
+        lines = (_common.RESULTS / "finetune_small_data.jsonl").read_text().splitlines()
+        rows = [r for r in map(json.loads, lines) if r.get("kind") == "run"]
+        return report(rows, rows[0]["test_images"], args, command)
 
     folder = flowers_folder(args.data, args.zip, args.cache_dir)
     prepare_keras_home(args.keras_home, args.copy_weights)
@@ -192,7 +205,6 @@ def main() -> None:
     n_pool, n_test = sum(map(len, pool.values())), sum(map(len, test.values()))
     print(f"data {folder}: pool {n_pool}, test {n_test}; work {work}", flush=True)
     rows: list[dict] = []
-    command = " ".join(["python", "bench/finetune_small_data.py", *sys.argv[1:]])
     for backbone in args.backbones.split(","):
         feats, feat_s = backbone_features(backbone, all_dir, args.image_size)
         print(f"{backbone}: features of {len(feats)} photos in {feat_s:.0f} s", flush=True)
@@ -216,6 +228,10 @@ def main() -> None:
                 _common.append_result("finetune_small_data", {
                     "command": command, "kind": "run", "args": vars(args), **row,
                 })  # fmt: skip
+    report(rows, n_test, args, command)
+
+
+def report(rows: list[dict], n_test: int, args, command: str) -> None:
     summary = summarise(rows)
     load = os.getloadavg()
     print(f"\nflowers5, {n_test} fixed held-out test photos, {args.image_size} px; "
