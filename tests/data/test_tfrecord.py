@@ -247,3 +247,19 @@ def test_pack_runs_the_dataset_check_once_and_keeps_its_report(tmp_path):
     assert report["num_images"] == 13 and (tmp_path / "p" / "inspect.html").is_file()
     assert pack(f"folder:{root}", tmp_path / "q", check=False, quiet=True)["check"] is None
     assert not (tmp_path / "q" / "inspect.json").exists()
+
+
+def test_fine_tune_runs_on_packed_data(tmp_path):
+    """finetune takes tfrecord: data too: both stages train on the packed training split and
+    the packed test split is scored."""
+    from cnnlab.models.pretrained.applications import BACKBONES, make_backbone
+    from cnnlab.workflows import fine_tune
+
+    root = make_image_folder(tmp_path / "imgs", classes=("r", "g", "b"), per_class=10, size=32)
+    index = pack(f"folder:{root}", tmp_path / "p", test_split=0.2, check=False, quiet=True)
+    weights = tmp_path / "mobilenet_backbone.weights.h5"
+    make_backbone(BACKBONES["mobilenet"], (32, 32, 3)).save_weights(weights)
+    result = fine_tune(data=f"tfrecord:{tmp_path / 'p'}", weights=str(weights), image_size=32,
+                       batch_size=8, epochs=1, freeze_epochs=1, unfreeze="1", verbose=0,
+                       runs_dir=str(tmp_path / "runs"))  # fmt: skip
+    assert result.metrics["test"]["num_examples"] == index["counts"]["test"] == 6
