@@ -127,3 +127,14 @@ def test_commands_without_the_multiworker_loop_refuse_it_with_a_reason():
 
     with pytest.raises(ConfigError, match="only `cnnlab train` has cnnlab's own multi-worker"):
         get_strategy("multiworker")  # as fine-tuning asks for it
+
+
+def test_the_launcher_does_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, cnnlab.cli.launch, cnnlab.training.launch; "
+            "print('tensorflow' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)  # fmt: skip
+    assert out.stdout.strip() == "False"

@@ -60,8 +60,8 @@ def worker_args(args: list[str]) -> list[str]:
         got = args[0] if args else "nothing"
         raise ConfigError(
             f"cnnlab launch runs a cnnlab command on every worker, got {got!r}",
-            expected=f"one of: {', '.join(COMMANDS)}, after --",
-            fix="cnnlab launch --workers 2 -- train --data builtin:digits --epochs 5",
+            expected=f"a command after --, one of: {', '.join(COMMANDS)}",
+            fix="Run e.g. `cnnlab launch --workers 2 -- train --data builtin:digits`",
         )
     strategies = [a.split("=", 1)[1] for a in args if a.startswith("--strategy=")]
     strategies += [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--strategy"]
