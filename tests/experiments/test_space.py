@@ -41,6 +41,10 @@ def test_space_kinds_and_nested_model_options():
         "model_kwargs.dropout": "float",
         "model_kwargs.batch_norm": "categorical",
     }
+    described = {p.name: p.describe() for p in spec.params}
+    assert described["model_kwargs.batch_norm"] == "True, False"  # sweep.html's space table
+    assert described["model_kwargs.filters"] == "[8, 16], [16, 32]"
+    assert described["learning_rate"] == "float 0.0001 to 0.1 (log)"
     lr = next(p for p in spec.params if p.name == "learning_rate")
     assert (lr.low, lr.high, lr.log) == (1e-4, 0.1, True)
     assert spec.direction == "maximize" and spec.sampler == "tpe"

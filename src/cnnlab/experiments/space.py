@@ -82,8 +82,7 @@ class Param:
 
     def describe(self) -> str:
         if self.kind == "categorical":
-            return ", ".join(encode_choice(c) if not isinstance(c, str) else c
-                             for c in self.choices)  # fmt: skip
+            return ", ".join(str(encode_choice(c)) for c in self.choices)
         text = f"{self.kind} {self.low} to {self.high}"
         if self.log:
             text += " (log)"
