@@ -280,7 +280,7 @@ def command_keys(command: str) -> list[str]:
 
 def finetune_keys() -> list[str]:
     """``cnnlab finetune``'s own keys (stages, unfreezing)."""
-    from cnnlab.experiments.trial import quiet_tensorflow_import
+    from cnnlab.experiments._quiet import quiet_tensorflow_import
 
     quiet_tensorflow_import()  # the options live beside the Keras code that uses them
     from cnnlab.training.finetune import FineTuneOptions

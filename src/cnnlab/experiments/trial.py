@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cnnlab.experiments._quiet import quiet_tensorflow_import
+
 
 def _die_with_parent(parent: int) -> None:
     """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
@@ -30,21 +32,6 @@ def _die_with_parent(parent: int) -> None:
         return
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
-
-
-def quiet_tensorflow_import() -> None:
-    """Import TensorFlow with C++ stderr silenced (its start-up notices ignore
-    TF_CPP_MIN_LOG_LEVEL), as the ``cnnlab`` command does; errors surface at the real import."""
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    except Exception:  # noqa: BLE001
-        pass
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)
 
 
 def run_trial(request: dict[str, Any]) -> dict[str, Any]:
