@@ -263,7 +263,7 @@ def _run_stages(st: _Stages) -> dict[str, dict[str, Any]]:
         s1, s2, monitor = stages.get("1", {}), stages["2"], st.ctx.monitor
         kept = s2["improved_on_stage1"] or "1" not in stages
         st.decisions.add(
-            ("stage 2 kept: " if kept else "stage 2 not kept: no validation gain ")
+            ("stage 2 kept: validation gain " if kept else "stage 2 not kept: no validation gain ")
             + f"({monitor} {_num(s2.get(monitor))} vs stage 1's {_num(s1.get(monitor))})",
             stage2="kept" if kept else "not kept",
         )
@@ -282,6 +282,8 @@ def _final_model(st: _Stages, stages: dict[str, dict[str, Any]]):
     run has a test set, so the validation images are not wasted)."""
     ctx, dec = st.ctx, st.decisions
     stage2 = stages.get("2")
+    if st.fit is not None and "test" in st.features and "1" in stages:
+        stages["1"]["test_accuracy"] = st.fit.accuracy(*st.features["test"])
     if stage2 is not None and (stage2["improved_on_stage1"] or "1" not in stages):
         dec.add(
             f"kept: stage 2, the fine-tuned classifier ({len(stage2['unfrozen_blocks'])} "
