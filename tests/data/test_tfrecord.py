@@ -263,3 +263,17 @@ def test_fine_tune_runs_on_packed_data(tmp_path):
                        batch_size=8, epochs=1, freeze_epochs=1, unfreeze="1", verbose=0,
                        runs_dir=str(tmp_path / "runs"))  # fmt: skip
     assert result.metrics["test"]["num_examples"] == index["counts"]["test"] == 6
+
+
+def test_data_inspect_on_packed_data_writes_its_page(tmp_path, capsys):
+    import shutil
+
+    root = make_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=6, size=16)
+    shutil.copy(root / "a" / "a_000.png", root / "b" / "copy.png")  # same image, two labels
+    pack(f"folder:{root}", tmp_path / "p", check=False, quiet=True)
+    out = tmp_path / "out"
+    assert main(["data", "inspect", f"tfrecord:{tmp_path / 'p'}", "--output", str(out),
+                 "--quiet"]) == 0  # fmt: skip
+    said = capsys.readouterr().out
+    assert "a/a_000.png (a)  ==  b/copy.png (b)" in said
+    assert "b/copy.png" in (out / "inspect.html").read_text()

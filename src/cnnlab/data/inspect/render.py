@@ -168,6 +168,8 @@ def _thumb_png(report, index: int) -> bytes | None:
         return None
     if source.is_files:
         return H.file_png(str(source.paths[index]), 128)
+    if source.is_records:  # packed images are not read back one by one for the page
+        return None
     return H.array_png(source.images[index], 128)
 
 
