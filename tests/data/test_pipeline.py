@@ -97,12 +97,12 @@ def test_every_pipeline_runs_without_tf_data_autotuning(image_folder):
     # (a wake-up race in TensorFlow 2.21); Keras deletes one at every epoch
     # start and after every evaluation, so all of cnnlab's pipelines turn it off.
     from cnnlab.data.pipeline import apply_options
-    from cnnlab.training.finetune import _feature_dataset
+    from cnnlab.training.finetune import feature_dataset
 
     b = load_data(f"folder:{image_folder}", val_split=0.25, test_split=0.0, seed=0)
     arrays = make_dataset(np.zeros(4, np.int64), num_classes=2, images=np.zeros((4, 8, 8, 3), np.uint8),
                           image_size=(8, 8), channels=3, batch_size=2, training=True, seed=0)  # fmt: skip
-    feats = _feature_dataset(np.zeros((4, 5), np.float32), np.zeros((4, 2)), batch_size=2, seed=0)
+    feats = feature_dataset(np.zeros((4, 5), np.float32), np.zeros((4, 2)), batch_size=2, seed=0)
     plain = tf.data.Dataset.range(4).prefetch(tf.data.AUTOTUNE)
     assert plain.options().autotune.enabled is not False  # TensorFlow's default: on
     for ds in (b.train, b.val, arrays, feats, apply_options(plain)):
