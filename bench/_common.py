@@ -23,8 +23,20 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SHARED = ROOT.parent / "shared"
 CIFAR_ZIP = SHARED / "data" / "cifar10-jpg.zip"
 # CPU features that decide how fast dense maths runs (oneDNN picks kernels by them).
-INTERESTING_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni",
-                     "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")  # fmt: skip
+INTERESTING_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 
 
 def quiet_tensorflow() -> None:
@@ -44,8 +56,12 @@ def cpu_info() -> dict[str, Any]:
     except OSError:
         pass
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"model": model, "logical_cores": os.cpu_count(), "usable_cores": affinity,
-            "flags": [f for f in INTERESTING_FLAGS if f in flags]}  # fmt: skip
+    return {
+        "model": model,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": affinity,
+        "flags": [f for f in INTERESTING_FLAGS if f in flags],
+    }
 
 
 def versions() -> dict[str, str]:
@@ -54,10 +70,20 @@ def versions() -> dict[str, str]:
         if mod in sys.modules:
             out[mod] = getattr(sys.modules[mod], "__version__", "?")
     try:
-        out["cnnlab_commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                              capture_output=True, text=True, timeout=5, check=False).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"],
-                               capture_output=True, text=True, timeout=5, check=False).stdout.strip()  # fmt: skip
+        out["cnnlab_commit"] = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.strip()
         out["cnnlab_dirty"] = bool(dirty)
     except (OSError, subprocess.SubprocessError):
         pass
@@ -73,9 +99,14 @@ def machine() -> dict[str, Any]:
                 mem = round(int(line.split()[1]) / 1024**2, 1)
     except OSError:
         pass
-    return {"cpu": cpu_info(), "memory_gib": mem, "load_average": list(os.getloadavg()),
-            "platform": platform.platform(), "versions": versions(),
-            "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+    return {
+        "cpu": cpu_info(),
+        "memory_gib": mem,
+        "load_average": list(os.getloadavg()),
+        "platform": platform.platform(),
+        "versions": versions(),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def epoch_timer(budget_s: float = float("inf")):
@@ -145,8 +176,10 @@ def cifar10_folder(path: str | None = None, cache: str | None = None) -> Path:
         root = src
     else:
         if not src.is_file():
-            raise SystemExit(f"CIFAR-10 not found at {src}: pass --data with the unpacked folder "
-                             "or the cifar10-jpg.zip path")  # fmt: skip
+            raise SystemExit(
+                f"CIFAR-10 not found at {src}: pass --data with the unpacked folder "
+                "or the cifar10-jpg.zip path"
+            )
         root = Path(cache or Path.home() / ".cache" / "cnnlab" / "cifar10-jpg")
         done = root / ".unpacked"
         if not done.is_file():

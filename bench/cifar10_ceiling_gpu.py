@@ -58,7 +58,11 @@ def load_cifar(path: Path) -> dict:
         items = [(str(p.relative_to(path)), p.read_bytes()) for p in files]
     else:
         with zipfile.ZipFile(path) as zf:
-            items = [(n, zf.read(n)) for n in zf.namelist() if n.lower().endswith((".jpg", ".jpeg", ".png"))]
+            items = [
+                (n, zf.read(n))
+                for n in zf.namelist()
+                if n.lower().endswith((".jpg", ".jpeg", ".png"))
+            ]
     with Pool() as pool:
         decoded = pool.map(_decode, items, chunksize=500)
     out = {}
@@ -105,9 +109,17 @@ def make_net(width: float):
             return x / 9
 
     w = [round(64 * width), round(256 * width), round(256 * width)]
-    net = nn.Sequential(Conv(3, 24, 2, padding=0, bias=True), nn.GELU(), Group(24, w[0]), Group(w[0], w[1]),
-                        Group(w[1], w[2]), nn.MaxPool2d(3), nn.Flatten(), nn.Linear(w[2], 10, bias=False),
-                        Scale())  # fmt: skip
+    net = nn.Sequential(
+        Conv(3, 24, 2, padding=0, bias=True),
+        nn.GELU(),
+        Group(24, w[0]),
+        Group(w[0], w[1]),
+        Group(w[1], w[2]),
+        nn.MaxPool2d(3),
+        nn.Flatten(),
+        nn.Linear(w[2], 10, bias=False),
+        Scale(),
+    )
     net[0].weight.requires_grad = False
     return net.cuda().to(memory_format=torch.channels_last)
 
@@ -159,8 +171,14 @@ def train_and_test(data: dict, width: float, epochs: float, seed: int) -> dict:
     net = make_net(width)
     norm_biases = [p for k, p in net.named_parameters() if "norm" in k and p.requires_grad]
     others = [p for k, p in net.named_parameters() if "norm" not in k and p.requires_grad]
-    opt = torch.optim.SGD([dict(params=norm_biases, lr=lr_bias, weight_decay=wd / lr_bias),
-                           dict(params=others, lr=lr, weight_decay=wd / lr)], momentum=momentum, nesterov=True)  # fmt: skip
+    opt = torch.optim.SGD(
+        [
+            dict(params=norm_biases, lr=lr_bias, weight_decay=wd / lr_bias),
+            dict(params=others, lr=lr, weight_decay=wd / lr),
+        ],
+        momentum=momentum,
+        nesterov=True,
+    )
     warm = int(total * 0.23)
 
     def lr_factor(step):
@@ -191,13 +209,18 @@ def train_and_test(data: dict, width: float, epochs: float, seed: int) -> dict:
         net.train()
         rows = torch.randint(0, 5, (n, 1), device="cuda") + ar
         cols = torch.randint(0, 5, (n, 1), device="cuda") + ar
-        imgs = padded[torch.arange(n, device="cuda").view(-1, 1, 1), :, rows.view(n, 32, 1), cols.view(n, 1, 32)]
+        imgs = padded[
+            torch.arange(n, device="cuda").view(-1, 1, 1),
+            :,
+            rows.view(n, 32, 1),
+            cols.view(n, 1, 32),
+        ]
         imgs = imgs.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
         if epoch % 2 == 1:
             imgs = imgs.flip(-1)
         perm = torch.randperm(n, device="cuda")
         for i in range(steps_per_epoch):
-            idx = perm[i * bs:(i + 1) * bs]
+            idx = perm[i * bs : (i + 1) * bs]
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 out = net(imgs[idx])
             loss = loss_fn(out.float(), ytr[idx]).sum()
@@ -217,32 +240,51 @@ def train_and_test(data: dict, width: float, epochs: float, seed: int) -> dict:
     seconds = time.perf_counter() - t0
     net.eval()
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        tta = torch.cat([tta_logits(net, xte[i:i + 2000]).float() for i in range(0, len(xte), 2000)])
-        plain = torch.cat([net(xte[i:i + 2000]).float() for i in range(0, len(xte), 2000)])
-    return {"width": width, "epochs": epochs, "seed": seed,
-            "relative compute": round(width**2 * epochs / 9.9, 2),
-            "test accuracy (TTA)": round((tta.argmax(1) == yte).float().mean().item(), 4),
-            "test accuracy (one view)": round((plain.argmax(1) == yte).float().mean().item(), 4),
-            "GPU train s": round(seconds, 2)}  # fmt: skip
+        tta = torch.cat(
+            [tta_logits(net, xte[i : i + 2000]).float() for i in range(0, len(xte), 2000)]
+        )
+        plain = torch.cat([net(xte[i : i + 2000]).float() for i in range(0, len(xte), 2000)])
+    return {
+        "width": width,
+        "epochs": epochs,
+        "seed": seed,
+        "relative compute": round(width**2 * epochs / 9.9, 2),
+        "test accuracy (TTA)": round((tta.argmax(1) == yte).float().mean().item(), 4),
+        "test accuracy (one view)": round((plain.argmax(1) == yte).float().mean().item(), 4),
+        "GPU train s": round(seconds, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    ap.add_argument("configs", nargs="*", default=list(DEFAULT_CONFIGS), metavar="WIDTH:EPOCHS[:SEEDS]",
-                    help=f"[{' '.join(DEFAULT_CONFIGS)}]")  # fmt: skip
-    ap.add_argument("--data", default=str(_common.CIFAR_ZIP), help="cifar10-jpg.zip or its unpacked folder")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "configs",
+        nargs="*",
+        default=list(DEFAULT_CONFIGS),
+        metavar="WIDTH:EPOCHS[:SEEDS]",
+        help=f"[{' '.join(DEFAULT_CONFIGS)}]",
+    )
+    ap.add_argument(
+        "--data", default=str(_common.CIFAR_ZIP), help="cifar10-jpg.zip or its unpacked folder"
+    )
     args = ap.parse_args(argv)
     try:
         import torch
     except ImportError:
         raise SystemExit("needs PyTorch with CUDA (pip install torch)") from None
     if not torch.cuda.is_available():
-        raise SystemExit("needs a CUDA GPU: 100x airbench94's compute takes minutes there and days on a CPU")
+        raise SystemExit(
+            "needs a CUDA GPU: 100x airbench94's compute takes minutes there and days on a CPU"
+        )
     t0 = time.perf_counter()
     data = load_cifar(Path(args.data))
-    print(f"{len(data['train'][1])} train / {len(data['test'][1])} test images decoded in "
-          f"{time.perf_counter() - t0:.1f} s; {torch.cuda.get_device_name()}", flush=True)  # fmt: skip
+    print(
+        f"{len(data['train'][1])} train / {len(data['test'][1])} test images decoded in "
+        f"{time.perf_counter() - t0:.1f} s; {torch.cuda.get_device_name()}",
+        flush=True,
+    )
     rows = []
     for spec in args.configs:
         width, epochs, *seeds = (float(v) for v in spec.split(":"))
@@ -251,8 +293,10 @@ def main(argv: list[str] | None = None) -> int:
             print(rows[-1], flush=True)
     print()
     print(_common.table(rows))
-    path = _common.append_result("cifar10_ceiling_gpu", {
-        "args": vars(args), "gpu": torch.cuda.get_device_name(), "rows": rows})  # fmt: skip
+    path = _common.append_result(
+        "cifar10_ceiling_gpu",
+        {"args": vars(args), "gpu": torch.cuda.get_device_name(), "rows": rows},
+    )
     print(f"\nappended to {path}")
     return 0
 

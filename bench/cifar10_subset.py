@@ -46,8 +46,9 @@ def main() -> None:
     ap.add_argument("--train-per-class", type=int, default=500)
     ap.add_argument("--test-per-class", type=int, default=200)
     args = ap.parse_args()
-    counts = write_subset(args.zip, args.out,
-                          {"train": args.train_per_class, "test": args.test_per_class})  # fmt: skip
+    counts = write_subset(
+        args.zip, args.out, {"train": args.train_per_class, "test": args.test_per_class}
+    )
     print(f"{args.out}: {counts}")
 
 

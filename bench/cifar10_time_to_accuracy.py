@@ -71,16 +71,33 @@ def make_test_callback(test_images, labels, budget_s: float, curve: list, name: 
             t = time.perf_counter()
             probs = self.model.predict(test_ds, verbose=0)
             acc = float(np.mean(np.argmax(probs, 1) == labels))
-            curve.append({"contender": name, "epoch": epoch + 1,
-                          "train_seconds": round(self.train_seconds, 1), "test_accuracy": acc,
-                          "eval_seconds": round(time.perf_counter() - t, 1)})  # fmt: skip
-            print(f"  {name} epoch {epoch + 1}: {self.train_seconds:7.1f} s  test {acc:.4f}", flush=True)
+            curve.append(
+                {
+                    "contender": name,
+                    "epoch": epoch + 1,
+                    "train_seconds": round(self.train_seconds, 1),
+                    "test_accuracy": acc,
+                    "eval_seconds": round(time.perf_counter() - t, 1),
+                }
+            )
+            print(
+                f"  {name} epoch {epoch + 1}: {self.train_seconds:7.1f} s  test {acc:.4f}",
+                flush=True,
+            )
 
     return TestCurve()
 
 
-def run_fast(root: Path, args, test, curve: list, name: str, width: float | None,
-             epochs: int | None, batch_size: int | None = None) -> dict:  # fmt: skip
+def run_fast(
+    root: Path,
+    args,
+    test,
+    curve: list,
+    name: str,
+    width: float | None,
+    epochs: int | None,
+    batch_size: int | None = None,
+) -> dict:
     """One cnnlab fast-recipe run; ``None`` settings keep the recipe's defaults."""
     import cnnlab
 
@@ -93,13 +110,28 @@ def run_fast(root: Path, args, test, curve: list, name: str, width: float | None
         options["model_kwargs"] = {"width": width}
     if batch_size:
         options["batch_size"] = batch_size
-    result = cnnlab.train(data=f"folder:{root / 'train'}", recipe="fast", val_split=0.0,
-                          test_split=0.0, runs_dir=out, verbose=0, seed=args.seed, callbacks=[cb],
-                          **options)  # fmt: skip
+    result = cnnlab.train(
+        data=f"folder:{root / 'train'}",
+        recipe="fast",
+        val_split=0.0,
+        test_split=0.0,
+        runs_dir=out,
+        verbose=0,
+        seed=args.seed,
+        callbacks=[cb],
+        **options,
+    )
     total = time.perf_counter() - t0
-    return {"run_dir": str(result.run_dir), "setup_seconds": round(total - cb.train_seconds
-            - sum(r["eval_seconds"] for r in curve if r["contender"] == name), 1),
-            "config": result.config.to_dict()}  # fmt: skip
+    return {
+        "run_dir": str(result.run_dir),
+        "setup_seconds": round(
+            total
+            - cb.train_seconds
+            - sum(r["eval_seconds"] for r in curve if r["contender"] == name),
+            1,
+        ),
+        "config": result.config.to_dict(),
+    }
 
 
 def parse_sprints(values: list[str] | None) -> list[tuple[float, int, int | None]]:
@@ -114,8 +146,9 @@ def parse_sprints(values: list[str] | None) -> list[tuple[float, int, int | None
                 raise ValueError
             out.append((float(parts[0]), int(parts[1]), int(parts[2]) if len(parts) == 3 else None))
         except ValueError:
-            raise SystemExit(f"--sprint {v!r}: expected WIDTH:EPOCHS[:BATCH], e.g. 0.25:3, "
-                             "or none") from None  # fmt: skip
+            raise SystemExit(
+                f"--sprint {v!r}: expected WIDTH:EPOCHS[:BATCH], e.g. 0.25:3, or none"
+            ) from None
     return out
 
 
@@ -128,11 +161,18 @@ def run_baseline(root: Path, args, test, curve: list) -> dict:
     t0 = time.perf_counter()
     keras.utils.set_random_seed(args.seed)
     # The seed's augmentation: random horizontal flips and 10% shifts.
-    bundle = load_data(f"folder:{root / 'train'}", val_split=0.0, test_split=0.0, batch_size=64,
-                       augment="light", seed=args.seed)  # fmt: skip
+    bundle = load_data(
+        f"folder:{root / 'train'}",
+        val_split=0.0,
+        test_split=0.0,
+        batch_size=64,
+        augment="light",
+        seed=args.seed,
+    )
     model = keras_example_cnn(bundle.num_classes)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy",
-                  metrics=["accuracy"])  # fmt: skip
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy", metrics=["accuracy"]
+    )
     setup = time.perf_counter() - t0
     images, labels = test
     cb = make_test_callback(images, labels, args.budget_minutes * 60, curve, "baseline")
@@ -151,17 +191,28 @@ def time_to(curve: list, prefix: str, threshold: float) -> tuple[float | None, s
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    ap.add_argument("--data", help="CIFAR-10 folder (train/, test/) or the zip [../shared/data/cifar10-jpg.zip]")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--data", help="CIFAR-10 folder (train/, test/) or the zip [../shared/data/cifar10-jpg.zip]"
+    )
     ap.add_argument("--cache-dir", help="where the zip is unpacked [~/.cache/cnnlab/cifar10-jpg]")
     ap.add_argument("--epochs", type=int, help="fast recipe epochs [the recipe's default]")
     ap.add_argument("--width", type=float, help="airbench width multiplier [the recipe's default]")
-    ap.add_argument("--sprint", action="append", metavar="WIDTH:EPOCHS[:BATCH]",
-                    help=f"extra short fast runs, repeatable; 'none' for none [{' '.join(DEFAULT_SPRINTS)}]")
+    ap.add_argument(
+        "--sprint",
+        action="append",
+        metavar="WIDTH:EPOCHS[:BATCH]",
+        help=f"extra short fast runs, repeatable; 'none' for none [{' '.join(DEFAULT_SPRINTS)}]",
+    )
     ap.add_argument("--baseline-epochs", type=int, default=30, help="baseline epochs [30]")
-    ap.add_argument("--budget-minutes", type=float, default=60.0,
-                    help="stop the baseline after the epoch that passes this much training time [60]")
+    ap.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=60.0,
+        help="stop the baseline after the epoch that passes this much training time [60]",
+    )
     ap.add_argument("--only", choices=["fast", "baseline"], help="run one contender")
     ap.add_argument("--runs", help="output folder for the fast run's run folder [a temp dir]")
     ap.add_argument("--seed", type=int, default=42)
@@ -173,7 +224,9 @@ def main(argv: list[str] | None = None) -> int:
 
     root = _common.cifar10_folder(args.data, args.cache_dir)
     print(f"CIFAR-10 at {root}", flush=True)
-    tb = load_data(f"folder:{root / 'test'}", val_split=0.0, test_split=0.0, batch_size=500, augment="none")
+    tb = load_data(
+        f"folder:{root / 'test'}", val_split=0.0, test_split=0.0, batch_size=500, augment="none"
+    )
     # Decoded once into memory, so each scoring costs only the forward passes.
     x_test = np.concatenate([x.numpy() for x, _ in tb.dataset("train", training=False)])
     test = (x_test, np.asarray(tb.examples("train")["labels"]))
@@ -190,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: airbench width {w}, {e} epochs, batch {b or 'default'}", flush=True)
             info[name] = run_fast(root, args, test, curve, name, w, e, b)
     if args.only in (None, "baseline"):
-        print(f"baseline: Keras example CNN, Adam 1e-3, batch 64, {args.baseline_epochs} epochs", flush=True)
+        print(
+            f"baseline: Keras example CNN, Adam 1e-3, batch 64, {args.baseline_epochs} epochs",
+            flush=True,
+        )
         info["baseline"] = run_baseline(root, args, test, curve)
 
     print("\nTest accuracy after each epoch (training wall time, s):")
@@ -198,22 +254,40 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     for th in THRESHOLDS:
         (f, run), (b, _) = time_to(curve, "fast", th), time_to(curve, "baseline", th)
-        summary.append({"accuracy": f"{th:.0%}", "cnnlab s": f, "cnnlab run": run, "baseline s": b,
-                        "baseline / cnnlab": (b / f) if f and b else None})  # fmt: skip
+        summary.append(
+            {
+                "accuracy": f"{th:.0%}",
+                "cnnlab s": f,
+                "cnnlab run": run,
+                "baseline s": b,
+                "baseline / cnnlab": (b / f) if f and b else None,
+            }
+        )
     print("\nTime to accuracy (cnnlab: the fastest of its runs to get there):")
     print(_common.table(summary))
     for name in dict.fromkeys(r["contender"] for r in curve):
         rows = [r for r in curve if r["contender"] == name]
         if rows:
             best = max(r["test_accuracy"] for r in rows)
-            print(f"{name}: final {rows[-1]['test_accuracy']:.4f} after {rows[-1]['epoch']} epochs, "
-                  f"{rows[-1]['train_seconds']:.0f} s; best {best:.4f}")  # fmt: skip
+            print(
+                f"{name}: final {rows[-1]['test_accuracy']:.4f} after {rows[-1]['epoch']} epochs, "
+                f"{rows[-1]['train_seconds']:.0f} s; best {best:.4f}"
+            )
     if "fast" in info:
         print(f"fast run folder: {info['fast']['run_dir']}")
-    path = _common.append_result("cifar10_time_to_accuracy", {
-        "args": vars(args), "data": str(root), "curve": curve, "time_to": summary,
-        "info": {k: {kk: vv for kk, vv in v.items() if kk != "config"} for k, v in info.items()},
-        "fast_config": info.get("fast", {}).get("config")})  # fmt: skip
+    path = _common.append_result(
+        "cifar10_time_to_accuracy",
+        {
+            "args": vars(args),
+            "data": str(root),
+            "curve": curve,
+            "time_to": summary,
+            "info": {
+                k: {kk: vv for kk, vv in v.items() if kk != "config"} for k, v in info.items()
+            },
+            "fast_config": info.get("fast", {}).get("config"),
+        },
+    )
     print(f"\nappended to {path}")
     return 0
 

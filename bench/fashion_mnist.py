@@ -35,8 +35,9 @@ _common.quiet_tensorflow()
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--epochs", type=int, help="epochs [the recipe's: 10]")
     ap.add_argument("--width", type=float, help="airbench width multiplier [the recipe's: 0.5]")
     ap.add_argument("--data-dir", help="folder with the Fashion-MNIST .gz files [Debian's copy]")
@@ -50,21 +51,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.width is not None:
         overrides["model_kwargs"] = {"width": args.width}
     t0 = time.perf_counter()
-    result = cnnlab.train(data="builtin:fashion_mnist", val_split=0.0, seed=args.seed, verbose=0,
-                          runs_dir=args.runs or tempfile.mkdtemp(prefix="cnnlab-fmnist-"), **overrides)  # fmt: skip
+    result = cnnlab.train(
+        data="builtin:fashion_mnist",
+        val_split=0.0,
+        seed=args.seed,
+        verbose=0,
+        runs_dir=args.runs or tempfile.mkdtemp(prefix="cnnlab-fmnist-"),
+        **overrides,
+    )
     wall = time.perf_counter() - t0
     history = result.history
-    row = {"recipe": result.config.recipe, "model": result.config.model,
-           "width": result.config.model_kwargs.get("width"), "epochs": result.config.epochs,
-           "test accuracy": result.test_accuracy,
-           "train s": round(sum(history.get("epoch_seconds", [])), 1),
-           "total wall s": round(wall, 1),
-           "train img/s (last epoch)": (history.get("images_per_second") or [None])[-1]}  # fmt: skip
+    row = {
+        "recipe": result.config.recipe,
+        "model": result.config.model,
+        "width": result.config.model_kwargs.get("width"),
+        "epochs": result.config.epochs,
+        "test accuracy": result.test_accuracy,
+        "train s": round(sum(history.get("epoch_seconds", [])), 1),
+        "total wall s": round(wall, 1),
+        "train img/s (last epoch)": (history.get("images_per_second") or [None])[-1],
+    }
     print(_common.table([row]))
     print(f"run folder: {result.run_dir}")
-    path = _common.append_result("fashion_mnist", {"args": vars(args), "result": row,
-                                                   "config": result.config.to_dict(),
-                                                   "history": history})  # fmt: skip
+    path = _common.append_result(
+        "fashion_mnist",
+        {"args": vars(args), "result": row, "config": result.config.to_dict(), "history": history},
+    )
     print(f"\nappended to {path}")
     return 0
 

@@ -107,10 +107,18 @@ def run_cnnlab(model: str, args, folder: Path, out: Path) -> dict:
 
     t0 = time.perf_counter()
     result = cnnlab.fine_tune(
-        data=f"folder:{folder}", model=model, weights="imagenet", image_size=args.image_size,
-        batch_size=args.batch_size, freeze_epochs=args.freeze_epochs, epochs=args.epochs,
-        seed=args.seed, runs_dir=str(out), verbose=args.verbose, **SPLIT,
-    )  # fmt: skip
+        data=f"folder:{folder}",
+        model=model,
+        weights="imagenet",
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        freeze_epochs=args.freeze_epochs,
+        epochs=args.epochs,
+        seed=args.seed,
+        runs_dir=str(out),
+        verbose=args.verbose,
+        **SPLIT,
+    )
     m = result.metrics
     s1, s2 = m["stages"].get("1", {}), m["stages"].get("2", {})
     return {
@@ -133,9 +141,16 @@ def run_scratch(args, folder: Path, out: Path, budget: float) -> dict:
     import cnnlab
     from cnnlab.run_folder import read_history
 
-    common = dict(data=f"folder:{folder}", model=args.scratch_model, image_size=args.image_size,
-                  batch_size=args.batch_size, seed=args.seed, runs_dir=str(out),
-                  verbose=args.verbose, **SPLIT)  # fmt: skip
+    common = dict(
+        data=f"folder:{folder}",
+        model=args.scratch_model,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        runs_dir=str(out),
+        verbose=args.verbose,
+        **SPLIT,
+    )
     # One probe epoch times an epoch, so the real run's cosine schedule ends on time.
     probe = cnnlab.train(epochs=1, name="scratch-probe", overwrite=True, **common)
     epoch_s = read_history(probe.run_dir / "history.csv")["epoch_seconds"][0]
@@ -163,8 +178,14 @@ def run_guide(args, folder: Path, reference_split: Path | None) -> dict:
     from cnnlab.data.splits import Split
     from cnnlab.models.pretrained.weights import cache_dir, weights_file
 
-    bundle = load_data(f"folder:{folder}", image_size=args.image_size, batch_size=args.batch_size,
-                       seed=args.seed, augment="none", **SPLIT)  # fmt: skip
+    bundle = load_data(
+        f"folder:{folder}",
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        augment="none",
+        **SPLIT,
+    )
     if reference_split is not None:
         saved = Split.load(reference_split, bundle.source)
         if not np.array_equal(saved.assignment, bundle.split.assignment):
@@ -178,8 +199,9 @@ def run_guide(args, folder: Path, reference_split: Path | None) -> dict:
     )
     base.load_weights(str(cache_dir() / weights_file("mobilenet").file_name))
     base.trainable = False
-    augmentation = keras.Sequential([keras.layers.RandomFlip("horizontal"),
-                                     keras.layers.RandomRotation(0.1)])  # fmt: skip
+    augmentation = keras.Sequential(
+        [keras.layers.RandomFlip("horizontal"), keras.layers.RandomRotation(0.1)]
+    )
     inputs = keras.Input((size, size, 3))
     x = augmentation(inputs)
     x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)  # MobileNet's [-1, 1]
@@ -270,15 +292,28 @@ def main() -> None:
         rows.append(run_cnnlab("efficientnet_lite0", args, folder, out))
         print(_common.table(rows[-1:]), flush=True)
 
-    columns = ["contender", "stage1_test_acc", "final_test_acc", "best_val_acc", "epochs",
-               "train_seconds"]  # fmt: skip
-    print("\nflowers5, held-out test split (432 images), image size "
-          f"{args.image_size}, batch {args.batch_size}\n")  # fmt: skip
+    columns = [
+        "contender",
+        "stage1_test_acc",
+        "final_test_acc",
+        "best_val_acc",
+        "epochs",
+        "train_seconds",
+    ]
+    print(
+        "\nflowers5, held-out test split (432 images), image size "
+        f"{args.image_size}, batch {args.batch_size}\n"
+    )
     print(_common.table(rows, columns))
-    path = _common.append_result("finetune_flowers", {
-        "command": " ".join(["python", "bench/finetune_flowers.py", *sys.argv[1:]]),
-        "args": vars(args), "data": str(folder), "results": rows,
-    })  # fmt: skip
+    path = _common.append_result(
+        "finetune_flowers",
+        {
+            "command": " ".join(["python", "bench/finetune_flowers.py", *sys.argv[1:]]),
+            "args": vars(args),
+            "data": str(folder),
+            "results": rows,
+        },
+    )
     print(f"\nappended to {path}")
 
 

@@ -87,8 +87,10 @@ def draw(pool: dict[str, list[Path]], k: str, seed: int) -> dict[str, list[Path]
     if k == "all":
         return pool
     rng = np.random.default_rng(seed)
-    return {c: [files[i] for i in sorted(rng.permutation(len(files))[: int(k)])]
-            for c, files in pool.items()}  # fmt: skip
+    return {
+        c: [files[i] for i in sorted(rng.permutation(len(files))[: int(k)])]
+        for c, files in pool.items()
+    }
 
 
 def backbone_features(backbone: str, all_dir: Path, size: int) -> tuple[dict, float]:
@@ -98,8 +100,14 @@ def backbone_features(backbone: str, all_dir: Path, size: int) -> tuple[dict, fl
     from cnnlab.training.finetune import extract_features
 
     t0 = time.perf_counter()
-    bundle = load_data(f"folder:{all_dir}", image_size=size, batch_size=64, val_split=0,
-                       test_split=0, augment="none")  # fmt: skip
+    bundle = load_data(
+        f"folder:{all_dir}",
+        image_size=size,
+        batch_size=64,
+        val_split=0,
+        test_split=0,
+        augment="none",
+    )
     model = create_model(backbone, bundle.num_classes, size, weights="imagenet")
     feats, labels = extract_features(model, bundle.dataset("train", training=False))
     ex = bundle.examples("train")
@@ -130,10 +138,16 @@ def run_cnnlab(backbone: str, train_dir: Path, test_dir: Path, seed: int, args, 
     extra = {"epochs": args.epochs} if args.epochs is not None else {}
     t0 = time.perf_counter()
     result = cnnlab.fine_tune(
-        data=f"folder:{train_dir}", test_data=f"folder:{test_dir}", model=backbone,
-        weights="imagenet", image_size=args.image_size, seed=seed, runs_dir=str(out),
-        verbose=args.verbose, **extra,
-    )  # fmt: skip
+        data=f"folder:{train_dir}",
+        test_data=f"folder:{test_dir}",
+        model=backbone,
+        weights="imagenet",
+        image_size=args.image_size,
+        seed=seed,
+        runs_dir=str(out),
+        verbose=args.verbose,
+        **extra,
+    )
     m = result.metrics
     return {
         "accuracy": m["test"]["accuracy"],
@@ -148,20 +162,29 @@ def run_cnnlab(backbone: str, train_dir: Path, test_dir: Path, seed: int, args, 
 
 def summarise(rows: list[dict]) -> list[dict]:
     out = []
-    keys = sorted({(r["backbone"], r["k"]) for r in rows},
-                  key=lambda t: (t[0], 10**9 if t[1] == "all" else int(t[1])))  # fmt: skip
+    keys = sorted(
+        {(r["backbone"], r["k"]) for r in rows},
+        key=lambda t: (t[0], 10**9 if t[1] == "all" else int(t[1])),
+    )
     for bb, k in keys:
         rs = [r for r in rows if r["backbone"] == bb and r["k"] == k]
         c = np.array([r["cnnlab_acc"] for r in rs])
         p = np.array([r["probe_acc"] for r in rs])
-        out.append({
-            "backbone": bb, "k": k, "train_images": rs[0]["train_images"], "seeds": len(rs),
-            "cnnlab": f"{c.mean():.4f} ± {c.std():.4f}", "probe": f"{p.mean():.4f} ± {p.std():.4f}",
-            "diff": f"{(c - p).mean():+.4f}", "worst_diff": f"{(c - p).min():+.4f}",
-            "cnnlab_s": round(float(np.mean([r["cnnlab_s"] for r in rs])), 1),
-            "probe_fit_s": round(float(np.mean([r["probe_s"] for r in rs])), 2),
-            "kept": ", ".join(sorted({str(r["classifier"]).split(" (")[0] for r in rs})),
-        })  # fmt: skip
+        out.append(
+            {
+                "backbone": bb,
+                "k": k,
+                "train_images": rs[0]["train_images"],
+                "seeds": len(rs),
+                "cnnlab": f"{c.mean():.4f} ± {c.std():.4f}",
+                "probe": f"{p.mean():.4f} ± {p.std():.4f}",
+                "diff": f"{(c - p).mean():+.4f}",
+                "worst_diff": f"{(c - p).min():+.4f}",
+                "cnnlab_s": round(float(np.mean([r["cnnlab_s"] for r in rs])), 1),
+                "probe_fit_s": round(float(np.mean([r["probe_s"] for r in rs])), 2),
+                "kept": ", ".join(sorted({str(r["classifier"]).split(" (")[0] for r in rs})),
+            }
+        )
     return out
 
 
@@ -216,30 +239,53 @@ def main() -> None:
                 probe_acc, probe_s = probe(feats, train, test, classes)
                 res = run_cnnlab(backbone, train_dir, test_dir, seed, args, work / "runs")
                 row = {
-                    "backbone": backbone, "k": k, "seed": seed,
-                    "train_images": sum(map(len, train.values())), "test_images": n_test,
-                    "cnnlab_acc": res["accuracy"], "probe_acc": probe_acc,
-                    "cnnlab_s": res["seconds"], "probe_s": round(probe_s, 2),
-                    "features_s_all_photos": round(feat_s, 1), **res,
-                }  # fmt: skip
+                    "backbone": backbone,
+                    "k": k,
+                    "seed": seed,
+                    "train_images": sum(map(len, train.values())),
+                    "test_images": n_test,
+                    "cnnlab_acc": res["accuracy"],
+                    "probe_acc": probe_acc,
+                    "cnnlab_s": res["seconds"],
+                    "probe_s": round(probe_s, 2),
+                    "features_s_all_photos": round(feat_s, 1),
+                    **res,
+                }
                 rows.append(row)
-                print(f"  k={k} seed={seed}: cnnlab {res['accuracy']:.4f} ({res['seconds']} s,"
-                      f" {res['classifier']}) probe {probe_acc:.4f}", flush=True)  # fmt: skip
-                _common.append_result("finetune_small_data", {
-                    "command": command, "kind": "run", "args": vars(args), **row,
-                })  # fmt: skip
+                print(
+                    f"  k={k} seed={seed}: cnnlab {res['accuracy']:.4f} ({res['seconds']} s,"
+                    f" {res['classifier']}) probe {probe_acc:.4f}",
+                    flush=True,
+                )
+                _common.append_result(
+                    "finetune_small_data",
+                    {
+                        "command": command,
+                        "kind": "run",
+                        "args": vars(args),
+                        **row,
+                    },
+                )
     report(rows, n_test, args, command)
 
 
 def report(rows: list[dict], n_test: int, args, command: str) -> None:
     summary = summarise(rows)
     load = os.getloadavg()
-    print(f"\nflowers5, {n_test} fixed held-out test photos, {args.image_size} px; "
-          f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n")  # fmt: skip
+    print(
+        f"\nflowers5, {n_test} fixed held-out test photos, {args.image_size} px; "
+        f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n"
+    )
     print(_common.table(summary))
-    path = _common.append_result("finetune_small_data", {
-        "command": command, "kind": "summary", "args": vars(args), "summary": summary,
-    })  # fmt: skip
+    path = _common.append_result(
+        "finetune_small_data",
+        {
+            "command": command,
+            "kind": "summary",
+            "args": vars(args),
+            "summary": summary,
+        },
+    )
     print(f"\nappended to {path}")
 
 

@@ -48,8 +48,9 @@ def photo_images(size: int) -> np.ndarray:
     from PIL import Image
 
     files = sorted(p for p in (SHARED / "images").iterdir() if p.suffix in (".png", ".jpg"))
-    imgs = [np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR))
-            for p in files]  # fmt: skip
+    imgs = [
+        np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR)) for p in files
+    ]
     imgs += [im[:, ::-1] for im in imgs]  # mirrored: 16 calibration images
     return np.stack(imgs)
 
@@ -79,8 +80,12 @@ def timed(fn, x: np.ndarray, seconds: float, min_calls: int = 10) -> dict:
         fn(x)
         times.append(time.perf_counter() - t)
     ms = np.array(times) * 1000
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "images_per_s": float(len(x) / (ms.mean() / 1000)), "calls": len(ms)}  # fmt: skip
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "images_per_s": float(len(x) / (ms.mean() / 1000)),
+        "calls": len(ms),
+    }
 
 
 def runners(model, out: Path, threads: int) -> dict:
@@ -104,22 +109,35 @@ def bench_model(name: str, seconds: float, threads: int, keep: Path | None) -> d
     model, images = build(name)
     out = keep / name if keep else Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     start = time.perf_counter()
-    result = export_keras(model, out, FORMATS, class_names=[str(i) for i in range(model.output_shape[-1])],
-                          images=images, representative=images)  # fmt: skip
+    result = export_keras(
+        model,
+        out,
+        FORMATS,
+        class_names=[str(i) for i in range(model.output_shape[-1])],
+        images=images,
+        representative=images,
+    )
     export_s = time.perf_counter() - start
     sizes = {f: e["bytes"] for f, e in result.manifest["artifacts"].items()}
-    parity = {f: {"max_abs_diff": e["parity"]["max_abs_diff"],
-                  "top1_agreement": e["parity"]["top1_agreement"]}
-              for f, e in result.manifest["artifacts"].items()}  # fmt: skip
+    parity = {
+        f: {
+            "max_abs_diff": e["parity"]["max_abs_diff"],
+            "top1_agreement": e["parity"]["top1_agreement"],
+        }
+        for f, e in result.manifest["artifacts"].items()
+    }
     rows = []
     rng = np.random.default_rng(0)
     for batch in (1, 32):
         x = images[rng.integers(0, len(images), batch)].astype(np.float32)
         for runtime, fn in runners(model, out, threads).items():
-            rows.append({"model": name, "runtime": runtime, "batch": batch,
-                         **timed(fn, x, seconds)})  # fmt: skip
-            print(f"  {name:<13} {runtime:<14} batch {batch:>2}: p50 {rows[-1]['p50_ms']:8.2f} ms",
-                  flush=True)  # fmt: skip
+            rows.append(
+                {"model": name, "runtime": runtime, "batch": batch, **timed(fn, x, seconds)}
+            )
+            print(
+                f"  {name:<13} {runtime:<14} batch {batch:>2}: p50 {rows[-1]['p50_ms']:8.2f} ms",
+                flush=True,
+            )
     b1 = {r["runtime"]: r["p50_ms"] for r in rows if r["batch"] == 1}
     ratios = {
         "keras_predict_over_onnxruntime_b1": b1["keras predict"] / b1["onnxruntime"],
@@ -127,8 +145,15 @@ def bench_model(name: str, seconds: float, threads: int, keep: Path | None) -> d
         "keras_predict_over_litert_int8_b1": b1["keras predict"] / b1["litert int8"],
         "int8_over_fp32_tflite_size": sizes["tflite-int8"] / sizes["tflite"],
     }
-    return {"model": name, "rows": rows, "sizes_bytes": sizes, "parity": parity,
-            "ratios": ratios, "export_seconds": export_s, "export_dir": str(out)}  # fmt: skip
+    return {
+        "model": name,
+        "rows": rows,
+        "sizes_bytes": sizes,
+        "parity": parity,
+        "ratios": ratios,
+        "export_seconds": export_s,
+        "export_dir": str(out),
+    }
 
 
 def main() -> None:
@@ -143,8 +168,10 @@ def main() -> None:
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    results = [bench_model(m, args.seconds, args.threads, Path(args.keep) if args.keep else None)
-               for m in args.models.split(",")]  # fmt: skip
+    results = [
+        bench_model(m, args.seconds, args.threads, Path(args.keep) if args.keep else None)
+        for m in args.models.split(",")
+    ]
     rows = [r for res in results for r in res["rows"]]
     print(table(rows, ["model", "runtime", "batch", "p50_ms", "p99_ms", "images_per_s"]))
     for res in results:

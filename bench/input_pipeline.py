@@ -91,9 +91,18 @@ def bench_cnnlab(items, epochs: int = 2, records=None, cache: str = "auto") -> d
     paths = None if records is not None else np.array([p for p, _ in items])
     labels = np.array([y for _, y in items])
     aug = Augmenter(AugmentOptions(flip="horizontal", translation=0.1), (32, 32), 3, seed=0)
-    ds = make_dataset(labels, num_classes=10, image_size=(32, 32), channels=3, paths=paths,
-                      records=records, batch_size=BATCH, training=True, augmenter=aug,
-                      cache=cache)  # fmt: skip
+    ds = make_dataset(
+        labels,
+        num_classes=10,
+        image_size=(32, 32),
+        channels=3,
+        paths=paths,
+        records=records,
+        batch_size=BATCH,
+        training=True,
+        augmenter=aug,
+        cache=cache,
+    )
     out = {}
     for e in range(epochs):
         n, t0 = 0, time.perf_counter()
@@ -119,10 +128,17 @@ def bench_idg(folder: Path) -> dict:
         from tf_keras.preprocessing.image import ImageDataGenerator
     except ImportError:
         return {"skipped": "tf-keras is not installed (pip install 'tf-keras==2.21.*')"}
-    gen = ImageDataGenerator(horizontal_flip=True, width_shift_range=0.1, height_shift_range=0.1,
-                             fill_mode="reflect")  # fmt: skip
-    flow = gen.flow_from_directory(str(folder), target_size=(32, 32), batch_size=BATCH,
-                                   class_mode="categorical", shuffle=True, seed=0)  # fmt: skip
+    gen = ImageDataGenerator(
+        horizontal_flip=True, width_shift_range=0.1, height_shift_range=0.1, fill_mode="reflect"
+    )
+    flow = gen.flow_from_directory(
+        str(folder),
+        target_size=(32, 32),
+        batch_size=BATCH,
+        class_mode="categorical",
+        shuffle=True,
+        seed=0,
+    )
     n, t0 = 0, time.perf_counter()
     for _ in range(len(flow)):
         x, _y = next(flow)
@@ -152,22 +168,32 @@ print(json.dumps(out))
 
 def bench_torchvision(folder: Path, python: str) -> dict:
     if not Path(python).is_file():
-        return {"skipped": f"{python} not found: create it with `python3 -m venv /work/benchvenv-torch && "
-                           "/work/benchvenv-torch/bin/pip install torch==2.14.1 torchvision==0.29.1`"}
-    r = subprocess.run([python, "-c", TORCH_WORKER, str(folder)], capture_output=True, text=True, check=False)
+        return {
+            "skipped": f"{python} not found: create it with `python3 -m venv /work/benchvenv-torch && "
+            "/work/benchvenv-torch/bin/pip install torch==2.14.1 torchvision==0.29.1`"
+        }
+    r = subprocess.run(
+        [python, "-c", TORCH_WORKER, str(folder)], capture_output=True, text=True, check=False
+    )
     if r.returncode != 0:
         return {"skipped": f"torchvision failed: {r.stderr.strip().splitlines()[-1:]}"}
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", help="CIFAR-10 folder or zip [../shared/data/cifar10-jpg.zip]")
     ap.add_argument("--limit", type=int, default=10_000, help="images to read [10000]")
-    ap.add_argument("--only", default="cnnlab,tfrecord,idg,torchvision",
-                    help="contenders [cnnlab,tfrecord,idg,torchvision]")  # fmt: skip
-    ap.add_argument("--torch-python", default=TORCH_PYTHON, help=f"Python with torchvision [{TORCH_PYTHON}]")
+    ap.add_argument(
+        "--only",
+        default="cnnlab,tfrecord,idg,torchvision",
+        help="contenders [cnnlab,tfrecord,idg,torchvision]",
+    )
+    ap.add_argument(
+        "--torch-python", default=TORCH_PYTHON, help=f"Python with torchvision [{TORCH_PYTHON}]"
+    )
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
 
@@ -200,17 +226,30 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     ref = results.get("cnnlab", {})
     for name, r in results.items():
-        rows.append({"loader": name, "epoch 1 img/s": r.get("epoch1"), "epoch 2 img/s": r.get("epoch2"),
-                     "cnnlab epoch 1 ×": (ref.get("epoch1") / r["epoch1"]) if r.get("epoch1") and ref else None,
-                     "cnnlab epoch 2 ×": (ref.get("epoch2") / r.get("epoch2", r.get("epoch1")))
-                     if r.get("epoch1") and ref else None,
-                     "note": r.get("skipped", "")})  # fmt: skip
+        rows.append(
+            {
+                "loader": name,
+                "epoch 1 img/s": r.get("epoch1"),
+                "epoch 2 img/s": r.get("epoch2"),
+                "cnnlab epoch 1 ×": (ref.get("epoch1") / r["epoch1"])
+                if r.get("epoch1") and ref
+                else None,
+                "cnnlab epoch 2 ×": (ref.get("epoch2") / r.get("epoch2", r.get("epoch1")))
+                if r.get("epoch1") and ref
+                else None,
+                "note": r.get("skipped", ""),
+            }
+        )
     print()
     print(_common.table(rows))
-    print("(cnnlab N× = how many times faster cnnlab's pipeline is than that loader in that epoch;"
-          " ImageDataGenerator has no cache, so its epoch 2 equals epoch 1)")  # fmt: skip
-    path = _common.append_result("input_pipeline", {"args": vars(args), "images": len(items),
-                                                    "results": results, "rows": rows})  # fmt: skip
+    print(
+        "(cnnlab N× = how many times faster cnnlab's pipeline is than that loader in that epoch;"
+        " ImageDataGenerator has no cache, so its epoch 2 equals epoch 1)"
+    )
+    path = _common.append_result(
+        "input_pipeline",
+        {"args": vars(args), "images": len(items), "results": results, "rows": rows},
+    )
     print(f"\nappended to {path}")
     return 0
 

@@ -65,9 +65,15 @@ def _image(rng: np.random.Generator, bank: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-_TRANSPOSES = (Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM,
-               Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270,
-               Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE)  # fmt: skip
+_TRANSPOSES = (
+    Image.Transpose.FLIP_LEFT_RIGHT,
+    Image.Transpose.FLIP_TOP_BOTTOM,
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_180,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.TRANSVERSE,
+)
 
 
 def _variant(source: Path, i: int, unique: int, rng: np.random.Generator) -> bytes:
@@ -111,8 +117,12 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=100)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--unique", type=int, default=50_000, help="images drawn; later ones are "
-                    "symmetries of these [50000]")  # fmt: skip
+    ap.add_argument(
+        "--unique",
+        type=int,
+        default=50_000,
+        help="images drawn; later ones are symmetries of these [50000]",
+    )
     args = ap.parse_args()
     for c in range(args.classes):
         (args.dest / f"c{c:03d}").mkdir(parents=True, exist_ok=True)

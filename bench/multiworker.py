@@ -42,9 +42,14 @@ def _run(argv: list[str], cores: set[int] | None, log: Path, timeout: float) -> 
 
     t0 = time.perf_counter()
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli.main", *argv], env=env,
-                                stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cnnlab.cli.main", *argv],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=pin,
+            start_new_session=True,
+        )
         try:
             code = proc.wait(timeout=timeout)
         finally:
@@ -102,16 +107,41 @@ def main() -> None:
     if len(cores) < args.workers:
         raise SystemExit(f"{args.workers} workers need {args.workers} cores; have {len(cores)}")
     work = Path(tempfile.mkdtemp(prefix="cnnlab-bench-mw-"))
-    common = ["--data", args.data, "--model", args.model, "--epochs", str(args.epochs),
-              "--batch-size", str(args.batch_size), "--learning-rate", args.learning_rate,
-              "--seed", "1", "--runs-dir", str(work / "runs"), "--no-tensorboard", "-q"]  # fmt: skip
+    common = [
+        "--data",
+        args.data,
+        "--model",
+        args.model,
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--learning-rate",
+        args.learning_rate,
+        "--seed",
+        "1",
+        "--runs-dir",
+        str(work / "runs"),
+        "--no-tensorboard",
+        "-q",
+    ]
     if args.image_size:
         common += ["--image-size", args.image_size]
     load_before = os.getloadavg()
-    one_wall = _run(["train", *common, "--name", "one"], set(cores), work / "one.log",
-                    args.timeout)  # fmt: skip
-    cluster = ["launch", "--workers", str(args.workers), "--pin", "--logs", str(work / "logs"),
-               "--", "train", *common, "--name", "cluster"]  # fmt: skip
+    one_wall = _run(["train", *common, "--name", "one"], set(cores), work / "one.log", args.timeout)
+    cluster = [
+        "launch",
+        "--workers",
+        str(args.workers),
+        "--pin",
+        "--logs",
+        str(work / "logs"),
+        "--",
+        "train",
+        *common,
+        "--name",
+        "cluster",
+    ]
     two_wall = _run(cluster, None, work / "cluster.log", args.timeout)
     one, two = _side(work / "runs" / "one", one_wall), _side(work / "runs" / "cluster", two_wall)
     target = min(max(one["val_accuracy"] or [0]), max(two["val_accuracy"] or [0]))
@@ -119,20 +149,40 @@ def main() -> None:
         side["seconds_to_target"] = _time_to(side, target)
     mw = two["multiworker"] or {}
     rows = [
-        {"run": "1 process, 2 cores", "images/s": one["images_per_second"],
-         "s to target": one["seconds_to_target"], "test acc": one["test_accuracy"],
-         "wall s": one["wall_seconds"], "step ms": "", "all-reduce ms": "", "comm share": ""},
-        {"run": f"{args.workers} workers, 1 core each", "images/s": two["images_per_second"],
-         "s to target": two["seconds_to_target"], "test acc": two["test_accuracy"],
-         "wall s": two["wall_seconds"], "step ms": round(1000 * mw.get("median_step_seconds", 0), 1),
-         "all-reduce ms": round(1000 * mw.get("allreduce_seconds", 0), 1),
-         "comm share": mw.get("communication_share")},
-    ]  # fmt: skip
-    print(f"target validation accuracy {target:.4f}; data {args.data}, model {args.model}, "
-          f"global batch {args.batch_size}, {args.epochs} epochs")  # fmt: skip
+        {
+            "run": "1 process, 2 cores",
+            "images/s": one["images_per_second"],
+            "s to target": one["seconds_to_target"],
+            "test acc": one["test_accuracy"],
+            "wall s": one["wall_seconds"],
+            "step ms": "",
+            "all-reduce ms": "",
+            "comm share": "",
+        },
+        {
+            "run": f"{args.workers} workers, 1 core each",
+            "images/s": two["images_per_second"],
+            "s to target": two["seconds_to_target"],
+            "test acc": two["test_accuracy"],
+            "wall s": two["wall_seconds"],
+            "step ms": round(1000 * mw.get("median_step_seconds", 0), 1),
+            "all-reduce ms": round(1000 * mw.get("allreduce_seconds", 0), 1),
+            "comm share": mw.get("communication_share"),
+        },
+    ]
+    print(
+        f"target validation accuracy {target:.4f}; data {args.data}, model {args.model}, "
+        f"global batch {args.batch_size}, {args.epochs} epochs"
+    )
     print(table(rows))
-    record = {"args": vars(args), "target_val_accuracy": target, "one_process": one,
-              "cluster": two, "load_before": list(load_before), "machine": machine()}  # fmt: skip
+    record = {
+        "args": vars(args),
+        "target_val_accuracy": target,
+        "one_process": one,
+        "cluster": two,
+        "load_before": list(load_before),
+        "machine": machine(),
+    }
     print(f"appended to {append_result('multiworker', record)}")
     if args.keep:
         print(f"run folders and logs: {work}")

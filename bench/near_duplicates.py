@@ -71,8 +71,15 @@ def main() -> None:
     for n in sizes:
         index, build_s, _ = timed(MultiIndex, hashes[:n], d)
         (i, j, _), wall, cpu = timed(index.search, 0, n)
-        growth.append({"n": n, "chunks": len(index.plan), "wall s": wall + build_s, "cpu s": cpu,
-                       "pairs": len(i)})  # fmt: skip
+        growth.append(
+            {
+                "n": n,
+                "chunks": len(index.plan),
+                "wall s": wall + build_s,
+                "cpu s": cpu,
+                "pairs": len(i),
+            }
+        )
     index_s = growth[-1]["wall s"]
     # log-log slope between n/4 and n, then projected to ImageNet-1k's training set
     slope = math.log(growth[-1]["wall s"] / growth[0]["wall s"]) / math.log(sizes[-1] / sizes[0])
@@ -84,19 +91,34 @@ def main() -> None:
     same = all(np.array_equal(a, b) for a, b in zip(ref, fast))
     exhaustive_s = ex_wall * (args.n / args.subset) ** 2
     rows = [
-        {"search": f"multi-index, n={g['n']:,} ({g['chunks']} chunks)", "seconds": g["wall s"],
-         "pairs": g["pairs"]}
+        {
+            "search": f"multi-index, n={g['n']:,} ({g['chunks']} chunks)",
+            "seconds": g["wall s"],
+            "pairs": g["pairs"],
+        }
         for g in growth
     ] + [
-        {"search": f"exhaustive, n={args.subset:,} (measured)", "seconds": ex_wall,
-         "pairs": len(ref[0])},
-        {"search": f"exhaustive, n={args.n:,} (× (n/subset)²)", "seconds": exhaustive_s,
-         "pairs": ""},
-        {"search": f"multi-index, n={IMAGENET:,} (projected, n^{slope:.2f})",
-         "seconds": projected, "pairs": ""},
-        {"search": f"exhaustive, n={IMAGENET:,} (projected, n²)",
-         "seconds": ex_wall * (IMAGENET / args.subset) ** 2, "pairs": ""},
-    ]  # fmt: skip
+        {
+            "search": f"exhaustive, n={args.subset:,} (measured)",
+            "seconds": ex_wall,
+            "pairs": len(ref[0]),
+        },
+        {
+            "search": f"exhaustive, n={args.n:,} (× (n/subset)²)",
+            "seconds": exhaustive_s,
+            "pairs": "",
+        },
+        {
+            "search": f"multi-index, n={IMAGENET:,} (projected, n^{slope:.2f})",
+            "seconds": projected,
+            "pairs": "",
+        },
+        {
+            "search": f"exhaustive, n={IMAGENET:,} (projected, n²)",
+            "seconds": ex_wall * (IMAGENET / args.subset) ** 2,
+            "pairs": "",
+        },
+    ]
     print(table(rows, ["search", "seconds", "pairs"]))
     ratio = exhaustive_s / index_s
     print(
@@ -113,14 +135,20 @@ def main() -> None:
             "args": vars(args),
             "index": growth,
             "growth_exponent": round(slope, 3),
-            "exhaustive_subset": {"n": args.subset, "wall s": ex_wall, "cpu s": ex_cpu,
-                                  "pairs": len(ref[0])},  # fmt: skip
+            "exhaustive_subset": {
+                "n": args.subset,
+                "wall s": ex_wall,
+                "cpu s": ex_cpu,
+                "pairs": len(ref[0]),
+            },
             "exhaustive_extrapolated_s": exhaustive_s,
             "ratio": ratio,
             "same_pairs_on_subset": same,
-            "projected_imagenet_s": {"index": projected,
-                                     "exhaustive": ex_wall * (IMAGENET / args.subset) ** 2},
-        },  # fmt: skip
+            "projected_imagenet_s": {
+                "index": projected,
+                "exhaustive": ex_wall * (IMAGENET / args.subset) ** 2,
+            },
+        },
     )
     print(f"appended to {path}")
 

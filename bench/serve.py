@@ -53,9 +53,24 @@ def start_server(model: Path, threads: int):
     import httpx
 
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli.main", "serve", str(model), "--port",
-                             "0", "--threads", str(threads), "--queue", "64"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cnnlab.cli.main",
+            "serve",
+            str(model),
+            "--port",
+            "0",
+            "--threads",
+            str(threads),
+            "--queue",
+            "64",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = None
     while url is None:
         line = proc.stdout.readline()
@@ -101,15 +116,24 @@ def load(url: str, body: bytes, clients: int, requests_each: int) -> dict:
         t.join()
     wall = time.perf_counter() - t0
     ms = np.array(latencies) * 1000
-    return {"clients": clients, "requests": len(ms), "errors": len(errors),
-            "requests_per_s": len(ms) / wall, "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99))}  # fmt: skip
+    return {
+        "clients": clients,
+        "requests": len(ms),
+        "errors": len(errors),
+        "requests_per_s": len(ms) / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
 
 
 def tf_reference(keras_file: Path) -> dict:
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", TF_REFERENCE, str(keras_file)], capture_output=True,
-                          text=True, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", TF_REFERENCE, str(keras_file)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     wall = time.perf_counter() - t0
     hwm = int(re.search(r"hwm_kb (\d+)", done.stdout).group(1)) / 1024
     return {"start_s": wall, "peak_mb": hwm}
@@ -125,17 +149,40 @@ def bodies() -> dict[str, bytes]:
 def ensure_export(name: str, export: Path) -> Path:
     folder = export / name
     if not (folder / "model.onnx").is_file():
-        subprocess.run([sys.executable, str(Path(__file__).parent / "inference.py"), "--models",
-                        name, "--seconds", "0.2", "--keep", str(export)], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                str(Path(__file__).parent / "inference.py"),
+                "--models",
+                name,
+                "--seconds",
+                "0.2",
+                "--keep",
+                str(export),
+            ],
+            check=True,
+        )
     if not (folder / "model.keras").is_file():
         # the TensorFlow reference loads the same model from .keras
-        code = ("import sys, os; os.environ['TF_CPP_MIN_LOG_LEVEL']='2'; "
-                "sys.path.insert(0, sys.argv[3]); import inference; "
-                "from cnnlab.models.saving import save_model; "
-                "m, _ = inference.build(sys.argv[1]); save_model(m, sys.argv[2])")  # fmt: skip
+        code = (
+            "import sys, os; os.environ['TF_CPP_MIN_LOG_LEVEL']='2'; "
+            "sys.path.insert(0, sys.argv[3]); import inference; "
+            "from cnnlab.models.saving import save_model; "
+            "m, _ = inference.build(sys.argv[1]); save_model(m, sys.argv[2])"
+        )
         env = {**os.environ, "KERAS_HOME": os.environ.get("KERAS_HOME", str(SHARED / "keras"))}
-        subprocess.run([sys.executable, "-c", code, name, str(folder / "model.keras"),
-                        str(Path(__file__).parent)], check=True, env=env)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                code,
+                name,
+                str(folder / "model.keras"),
+                str(Path(__file__).parent),
+            ],
+            check=True,
+            env=env,
+        )
     return folder
 
 
@@ -156,20 +203,35 @@ def main() -> None:
                 each = args.requests if clients == 1 else max(25, args.requests // 4)
                 r = {"model": name, **load(url, body[name], clients, each)}
                 rows.append(r)
-                print(f"  {name:<13} {clients} client(s): {r['requests_per_s']:7.1f} req/s, "
-                      f"p50 {r['p50_ms']:6.1f} ms, p99 {r['p99_ms']:6.1f} ms", flush=True)  # fmt: skip
+                print(
+                    f"  {name:<13} {clients} client(s): {r['requests_per_s']:7.1f} req/s, "
+                    f"p50 {r['p50_ms']:6.1f} ms, p99 {r['p99_ms']:6.1f} ms",
+                    flush=True,
+                )
             memory = proc_memory(proc.pid)
         finally:
             proc.terminate()
             proc.wait(timeout=10)
         ref = tf_reference(folder / "model.keras")
-        records.append({"model": name, "serve_start_s": start_s, "serve_memory_mb": memory,
-                        "tensorflow_reference": ref})  # fmt: skip
-        print(f"  {name}: cnnlab serve ready in {start_s:.2f} s, {memory['rss_mb']:.0f} MB "
-              f"resident ({memory['peak_mb']:.0f} MB peak); TensorFlow process "
-              f"{ref['start_s']:.2f} s, {ref['peak_mb']:.0f} MB peak", flush=True)  # fmt: skip
-    print(table(rows, ["model", "clients", "requests", "errors", "requests_per_s", "p50_ms",
-                       "p99_ms"]))  # fmt: skip
+        records.append(
+            {
+                "model": name,
+                "serve_start_s": start_s,
+                "serve_memory_mb": memory,
+                "tensorflow_reference": ref,
+            }
+        )
+        print(
+            f"  {name}: cnnlab serve ready in {start_s:.2f} s, {memory['rss_mb']:.0f} MB "
+            f"resident ({memory['peak_mb']:.0f} MB peak); TensorFlow process "
+            f"{ref['start_s']:.2f} s, {ref['peak_mb']:.0f} MB peak",
+            flush=True,
+        )
+    print(
+        table(
+            rows, ["model", "clients", "requests", "errors", "requests_per_s", "p50_ms", "p99_ms"]
+        )
+    )
     path = append_result("serve", {"args": vars(args), "load": rows, "processes": records})
     print(f"appended to {path}")
 

@@ -36,15 +36,22 @@ def trial_table(rows, metric, params) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     done = [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")]
     for r in sorted(done, key=lambda r: -(_f(r[metric]) or 0)):
-        cells = [r["trial"], r["state"].lower(), r[metric], r["test_accuracy"],
-                 *[r[p] for p in params]]  # fmt: skip
+        cells = [
+            r["trial"],
+            r["state"].lower(),
+            r[metric],
+            r["test_accuracy"],
+            *[r[p] for p in params],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def factor_table(rows, metric, params) -> str:
-    lines = ["| parameter | value | complete trials | mean " + metric + " | mean test accuracy |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| parameter | value | complete trials | mean " + metric + " | mean test accuracy |",
+        "|---|---|---|---|---|",
+    ]
     complete = [r for r in rows if r["state"] == "COMPLETE"]
     for p in params:
         groups: dict[str, list[dict]] = defaultdict(list)
@@ -69,8 +76,10 @@ def main() -> None:
     print(factor_table(rows, metric, params))
     if args.baseline:
         m = json.loads((args.baseline / "metrics.json").read_text())
-        print(f"\nbaseline {args.baseline.name}: test accuracy {m['test']['accuracy']:.4f}, "
-              f"best {m['monitor']} {m['best_value']:.4f}")  # fmt: skip
+        print(
+            f"\nbaseline {args.baseline.name}: test accuracy {m['test']['accuracy']:.4f}, "
+            f"best {m['monitor']} {m['best_value']:.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -37,18 +37,25 @@ def keras_example_cnn(num_classes: int = 10, input_shape=(32, 32, 3)):
     import keras
     from keras import layers
 
-    return keras.Sequential([
-        keras.Input(input_shape),
-        layers.Rescaling(1 / 255),
-        layers.Conv2D(32, 3, padding="same", activation="relu"),
-        layers.Conv2D(32, 3, activation="relu"),
-        layers.MaxPooling2D(2), layers.Dropout(0.25),
-        layers.Conv2D(64, 3, padding="same", activation="relu"),
-        layers.Conv2D(64, 3, activation="relu"),
-        layers.MaxPooling2D(2), layers.Dropout(0.25),
-        layers.Flatten(), layers.Dense(512, activation="relu"), layers.Dropout(0.5),
-        layers.Dense(num_classes, activation="softmax", dtype="float32"),
-    ], name="keras_example")  # fmt: skip
+    return keras.Sequential(
+        [
+            keras.Input(input_shape),
+            layers.Rescaling(1 / 255),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.Conv2D(32, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Dropout(0.25),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.Conv2D(64, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Dropout(0.25),
+            layers.Flatten(),
+            layers.Dense(512, activation="relu"),
+            layers.Dropout(0.5),
+            layers.Dense(num_classes, activation="softmax", dtype="float32"),
+        ],
+        name="keras_example",
+    )
 
 
 def build(name: str):
@@ -79,7 +86,9 @@ def forward_flops(model) -> int:
             total += 2 * out[1] * out[2] * kh * kw * out[3]
         elif isinstance(layer, layers.Conv2D) or type(layer).__name__ == "PatchWhitening":
             kh, kw = layer.kernel.shape[:2]
-            total += 2 * out[1] * out[2] * kh * kw * inp[-1] * out[-1] // getattr(layer, "groups", 1)
+            total += (
+                2 * out[1] * out[2] * kh * kw * inp[-1] * out[-1] // getattr(layer, "groups", 1)
+            )
         elif isinstance(layer, layers.Dense):
             total += 2 * inp[-1] * out[-1]
     return int(total)
@@ -92,8 +101,11 @@ def measure(model, batch: int, seconds: float, jit: bool) -> tuple[float, float]
 
     x = np.random.default_rng(0).uniform(0, 255, (batch, 32, 32, 3)).astype("float32")
     y = keras.utils.to_categorical(np.arange(batch) % 10, 10)
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
-                  loss="categorical_crossentropy", jit_compile=jit)  # fmt: skip
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
+        loss="categorical_crossentropy",
+        jit_compile=jit,
+    )
 
     def rate(step) -> float:
         step(), step()  # warm-up: tracing and oneDNN kernel selection
@@ -123,27 +135,40 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if "bf16" in variants:
         peaks["bf16"] = _common.peak_matmul_flops("bfloat16")
-    print(f"peak matmul: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s"
-          + (f", bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s" if "bf16" in peaks else ""), flush=True)  # fmt: skip
+    print(
+        f"peak matmul: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s"
+        + (f", bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s" if "bf16" in peaks else ""),
+        flush=True,
+    )
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         for variant in variants:
-            keras.mixed_precision.set_global_policy("mixed_bfloat16" if variant == "bf16" else "float32")
+            keras.mixed_precision.set_global_policy(
+                "mixed_bfloat16" if variant == "bf16" else "float32"
+            )
             keras.utils.clear_session()
             model = build(name)
             flops = forward_flops(model)
             train, infer = measure(model, args.batch, args.seconds, jit=variant == "xla")
             peak = peaks["bf16" if variant == "bf16" else "fp32"]
-            row = {"model": name, "variant": variant, "params": model.count_params(),
-                   "MFLOP/img": flops / 1e6, "train img/s": train, "infer img/s": infer,
-                   "train % peak": 100 * 3 * flops * train / peak,
-                   "infer % peak": 100 * flops * infer / peak}  # fmt: skip
+            row = {
+                "model": name,
+                "variant": variant,
+                "params": model.count_params(),
+                "MFLOP/img": flops / 1e6,
+                "train img/s": train,
+                "infer img/s": infer,
+                "train % peak": 100 * 3 * flops * train / peak,
+                "infer % peak": 100 * flops * infer / peak,
+            }
             rows.append(row)
             print(_common.table([row]).splitlines()[-1], flush=True)
     keras.mixed_precision.set_global_policy("float32")
     print()
     print(_common.table(rows))
-    path = _common.append_result("throughput", {"args": vars(args), "peak_flops": peaks, "rows": rows})
+    path = _common.append_result(
+        "throughput", {"args": vars(args), "peak_flops": peaks, "rows": rows}
+    )
     print(f"\nappended to {path}")
     return 0
 

@@ -160,8 +160,13 @@ def run_once(spec: str, mode: str, cache_dir: Path, extra: list[str]) -> dict:
     env = {**os.environ, "CNNLAB_CACHE_DIR": str(cache_dir)}
     load_before = os.getloadavg()[0]
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, __file__, "--child", str(out), "--", *args], env=env,
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", str(out), "--", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     wall = time.monotonic() - start
     if not out.exists():
         raise SystemExit(
@@ -199,9 +204,12 @@ def measure(args) -> None:
         row["per_image_ms"] = {s: round(1000 * v / n, 4) for s, v in row["stages_s"].items()}
         rows.append(row)
         st = row["stages_s"]
-        print(f"{spec} ({n:,} images) {mode}: {row['child_to_first_step_s']} s to the first step, "
-              f"pre-flight {row['pre_flight_s']} s, peak RSS {row['peak_rss_mb']} MB, load "
-              f"{row['load_avg_before']}->{row['load_avg_after']}", flush=True)  # fmt: skip
+        print(
+            f"{spec} ({n:,} images) {mode}: {row['child_to_first_step_s']} s to the first step, "
+            f"pre-flight {row['pre_flight_s']} s, peak RSS {row['peak_rss_mb']} MB, load "
+            f"{row['load_avg_before']}->{row['load_avg_after']}",
+            flush=True,
+        )
         print("   " + "  ".join(f"{k} {st[k]}" for k in (*STAGES, PART)), flush=True)
         with open(RESULTS, "a") as f:
             f.write(
@@ -225,11 +233,18 @@ def fill_cache(args) -> None:
     row = {"bench": "fill_cache", "data": args.data, "images": len(paths)}
     for kind, run in (
         ("scan", lambda: scan_images(paths, quiet=True)),
-        ("check-fast", lambda: file_checks(paths, np.array(["train"] * len(paths)),
-                                           [source.class_names[y] for y in source.labels],
-                                           False, min(8, 2 * (os.cpu_count() or 2)),
-                                           quiet=True)),
-    ):  # fmt: skip
+        (
+            "check-fast",
+            lambda: file_checks(
+                paths,
+                np.array(["train"] * len(paths)),
+                [source.class_names[y] for y in source.labels],
+                False,
+                min(8, 2 * (os.cpu_count() or 2)),
+                quiet=True,
+            ),
+        ),
+    ):
         store = FileCache.open(paths, kind, None)
         cached = len(store.lookup(paths)[0])
         store.close()
@@ -280,12 +295,19 @@ def fit(args) -> None:
         total = round(sum(proj[s] for s in STAGES), 1)
         rss_k = math.log(b["peak_rss_mb"] / a["peak_rss_mb"]) / math.log(b["images"] / a["images"])
         rss = round(b["peak_rss_mb"] * (PROJECT_TO / b["images"]) ** rss_k)
-        out["modes"][mode] = {"from_sizes": [a["images"], b["images"]], "exponent": expo,
-                              "projected_s": proj, "projected_pre_flight_s": pre,
-                              "projected_to_first_step_s": total, "projected_peak_rss_mb": rss}  # fmt: skip
-        print(f"{mode}: fitted on {a['images']:,} and {b['images']:,} images; at {PROJECT_TO:,}: "
-              f"pre-flight {pre} s ({pre / 60:.1f} min), first step after {total} s, "
-              f"peak RSS ~{rss} MB")  # fmt: skip
+        out["modes"][mode] = {
+            "from_sizes": [a["images"], b["images"]],
+            "exponent": expo,
+            "projected_s": proj,
+            "projected_pre_flight_s": pre,
+            "projected_to_first_step_s": total,
+            "projected_peak_rss_mb": rss,
+        }
+        print(
+            f"{mode}: fitted on {a['images']:,} and {b['images']:,} images; at {PROJECT_TO:,}: "
+            f"pre-flight {pre} s ({pre / 60:.1f} min), first step after {total} s, "
+            f"peak RSS ~{rss} MB"
+        )
         for s in (*STAGES, PART):
             print(f"   {s:15s} n^{expo[s]:<5}  {proj[s]:>8} s")
     with open(RESULTS, "a") as f:
@@ -304,8 +326,11 @@ def main() -> None:
     ap.add_argument("--train-args", default="", help="More `cnnlab train` options")
     ap.add_argument("--label", help="Name in the results [the spec]")
     ap.add_argument("--fit", action="store_true", help="Fit and project from earlier results")
-    ap.add_argument("--fill-cache", action="store_true",
-                    help="Only scan and check-read the uncached files of --data into --cache-dir")  # fmt: skip
+    ap.add_argument(
+        "--fill-cache",
+        action="store_true",
+        help="Only scan and check-read the uncached files of --data into --cache-dir",
+    )
     ap.add_argument("--kind", default="folder:", help="With --fit: which specs to fit [folder:]")
     args = ap.parse_args()
     if args.fit:

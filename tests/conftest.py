@@ -12,8 +12,14 @@ import pytest
 from PIL import Image
 
 
-def make_image_folder(root: Path, classes=("circle", "square"), per_class: int = 12,
-                      size: int = 16, seed: int = 0, mode: str = "RGB") -> Path:  # fmt: skip
+def make_image_folder(
+    root: Path,
+    classes=("circle", "square"),
+    per_class: int = 12,
+    size: int = 16,
+    seed: int = 0,
+    mode: str = "RGB",
+) -> Path:
     """Write ``per_class`` learnable images per class: each class has its own colour and spot.
 
     Class i is bright in channel i % 3 and has a bright square in a class-specific

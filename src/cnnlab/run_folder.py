@@ -1,17 +1,17 @@
 """The run folder: everything a run made, described well enough to repeat it.
 
-    runs/20261126-153000-simple_cnn-32/
-      config.yaml        resolved config (feed it back with -c to repeat the run)
-      env.json           versions, hardware, seed
-      classes.json       class names, in output order
-      data.json          the data summary: sizes per split and class, image size
-      split.csv          which example went to which split
-      bad_files.csv      undecodable files left out (only with --skip-bad-images)
-      history.csv        one row per finished epoch
-      checkpoints/       last.keras, best.keras, state.json
-      model.keras        the final model (best validation epoch)
-      metrics.json       test metrics and timings
-      evaluation-test/   per-class report, confusion matrix (JSON and PNG), predictions
+runs/20261126-153000-simple_cnn-32/
+  config.yaml        resolved config (feed it back with -c to repeat the run)
+  env.json           versions, hardware, seed
+  classes.json       class names, in output order
+  data.json          the data summary: sizes per split and class, image size
+  split.csv          which example went to which split
+  bad_files.csv      undecodable files left out (only with --skip-bad-images)
+  history.csv        one row per finished epoch
+  checkpoints/       last.keras, best.keras, state.json
+  model.keras        the final model (best validation epoch)
+  metrics.json       test metrics and timings
+  evaluation-test/   per-class report, confusion matrix (JSON and PNG), predictions
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ class RunFolder:
     metrics = property(lambda self: self.path / "metrics.json")
 
     @classmethod
-    def create(cls, output: str, model: str, image_size, name: str | None = None,
-               overwrite: bool = False) -> RunFolder:  # fmt: skip
+    def create(
+        cls, output: str, model: str, image_size, name: str | None = None, overwrite: bool = False
+    ) -> RunFolder:
         h, w = image_size
         size = f"{h}" if h == w else f"{h}x{w}"
         base = Path(output) / (name or f"{time.strftime('%Y%m%d-%H%M%S')}-{model}-{size}")
@@ -74,8 +75,12 @@ class RunFolder:
         return cls(path)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, expected: str = "a folder written by `cnnlab train`",
-             fix: str | None = None) -> RunFolder:  # fmt: skip
+    def open(
+        cls,
+        path: str | os.PathLike,
+        expected: str = "a folder written by `cnnlab train`",
+        fix: str | None = None,
+    ) -> RunFolder:
         """The run folder at ``path``; a clear error when it is not one."""
         run = cls(path)
         if not run.config.is_file():

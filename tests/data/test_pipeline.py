@@ -22,8 +22,9 @@ def test_resize_modes_keep_or_ignore_aspect(tmp_path):
     paths = np.array([str(tmp_path / "wide.png")])
     out = {}
     for mode in ("stretch", "crop", "pad"):
-        ds = make_dataset([0], num_classes=2, image_size=(10, 10), channels=3, paths=paths,
-                          resize=mode)
+        ds = make_dataset(
+            [0], num_classes=2, image_size=(10, 10), channels=3, paths=paths, resize=mode
+        )
         out[mode] = next(iter(ds))[0][0].numpy()
     assert out["stretch"][:, :2].mean() > 200  # stripe still at the left edge
     assert out["crop"][:, :2].mean() < 50  # centre crop cut the stripe away
@@ -32,15 +33,17 @@ def test_resize_modes_keep_or_ignore_aspect(tmp_path):
 
 def test_grayscale_arrays_to_rgb_and_resize():
     images = np.full((3, 8, 8, 1), 200, np.uint8)
-    ds = make_dataset(np.array([0, 1, 0]), num_classes=2, image_size=(16, 16), channels=3,
-                      images=images)
+    ds = make_dataset(
+        np.array([0, 1, 0]), num_classes=2, image_size=(16, 16), channels=3, images=images
+    )
     x, _ = next(iter(ds))
     assert x.shape == (3, 16, 16, 3) and np.allclose(x.numpy(), 200, atol=1)
 
 
 def test_augmentation_only_on_training_split(image_folder):
-    data = load_data(f"folder:{image_folder}", augment="standard", batch_size=64,
-                     val_split=0, test_split=0)
+    data = load_data(
+        f"folder:{image_folder}", augment="standard", batch_size=64, val_split=0, test_split=0
+    )
     plain = np.concatenate([x.numpy() for x, _ in data.dataset("train", training=False)])
     again = np.concatenate([x.numpy() for x, _ in data.dataset("train", training=False)])
     assert np.array_equal(plain, again)
@@ -73,7 +76,8 @@ def test_class_weights_balanced(make_folder):
 
 
 def test_files_decode_in_batches_in_order_and_a_file_broken_after_the_scan_costs_its_batch(
-        tmp_path, monkeypatch):  # fmt: skip
+    tmp_path, monkeypatch
+):
     from cnnlab.data import pipeline
 
     monkeypatch.setattr(pipeline, "DECODE_BATCH", 2)
@@ -82,12 +86,24 @@ def test_files_decode_in_batches_in_order_and_a_file_broken_after_the_scan_costs
         p = tmp_path / f"{i}.png"
         Image.fromarray(np.full((4, 4, 3), 10 * i, np.uint8)).save(p)
         paths.append(str(p))
-    ds = make_dataset(np.arange(6) % 2, num_classes=2, image_size=(4, 4), channels=3,
-                      paths=np.array(paths), batch_size=6)
+    ds = make_dataset(
+        np.arange(6) % 2,
+        num_classes=2,
+        image_size=(4, 4),
+        channels=3,
+        paths=np.array(paths),
+        batch_size=6,
+    )
     assert [int(v) for v in next(iter(ds))[0].numpy()[:, 0, 0, 0]] == [0, 10, 20, 30, 40, 50]
     (tmp_path / "3.png").write_bytes(b"not an image any more")
-    ds = make_dataset(np.arange(6) % 2, num_classes=2, image_size=(4, 4), channels=3,
-                      paths=np.array(paths), batch_size=6)
+    ds = make_dataset(
+        np.arange(6) % 2,
+        num_classes=2,
+        image_size=(4, 4),
+        channels=3,
+        paths=np.array(paths),
+        batch_size=6,
+    )
     x = next(iter(ds))[0].numpy()  # the epoch goes on without files 2 and 3
     assert [int(v) for v in x[:, 0, 0, 0]] == [0, 10, 40, 50]
 
@@ -100,8 +116,16 @@ def test_every_pipeline_runs_without_tf_data_autotuning(image_folder):
     from cnnlab.training.finetune import feature_dataset
 
     b = load_data(f"folder:{image_folder}", val_split=0.25, test_split=0.0, seed=0)
-    arrays = make_dataset(np.zeros(4, np.int64), num_classes=2, images=np.zeros((4, 8, 8, 3), np.uint8),
-                          image_size=(8, 8), channels=3, batch_size=2, training=True, seed=0)  # fmt: skip
+    arrays = make_dataset(
+        np.zeros(4, np.int64),
+        num_classes=2,
+        images=np.zeros((4, 8, 8, 3), np.uint8),
+        image_size=(8, 8),
+        channels=3,
+        batch_size=2,
+        training=True,
+        seed=0,
+    )
     feats = feature_dataset(np.zeros((4, 5), np.float32), np.zeros((4, 2)), batch_size=2, seed=0)
     plain = tf.data.Dataset.range(4).prefetch(tf.data.AUTOTUNE)
     assert plain.options().autotune.enabled is not False  # TensorFlow's default: on

@@ -38,9 +38,11 @@ def test_test_folder_with_unknown_class_is_named(tmp_path, make_folder):
 
 
 def test_csv_source_relative_paths_and_split(tmp_path, image_folder):
-    rows = [("images/circle/circle_000.png", "circle", "train"),
-            ("images/square/square_000.png", "square", "test"),
-            ("images/square/square_001.png", "square", "")]
+    rows = [
+        ("images/circle/circle_000.png", "circle", "train"),
+        ("images/square/square_000.png", "square", "test"),
+        ("images/square/square_001.png", "square", ""),
+    ]
     path = tmp_path / "labels.csv"
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -59,14 +61,18 @@ def test_csv_errors_name_file_and_line(tmp_path):
         open_source(f"csv:{bad}")
     missing = tmp_path / "missing.csv"
     missing.write_text("path,label\nnope.png,x\n")
-    with pytest.raises(DataError, match=r"lists 1 file\(s\) that do not exist: .*nope.png \(line 2\)"):
+    with pytest.raises(
+        DataError, match=r"lists 1 file\(s\) that do not exist: .*nope.png \(line 2\)"
+    ):
         open_source(f"csv:{missing}")
 
 
 def test_unknown_spec_and_builtin_are_explained():
     with pytest.raises(DataError, match="Cannot tell what kind of data source 'nowhere'"):
         open_source("nowhere")
-    with pytest.raises(DataError, match="Unknown built-in dataset 'cifar11'.*Did you mean: cifar10"):
+    with pytest.raises(
+        DataError, match="Unknown built-in dataset 'cifar11'.*Did you mean: cifar10"
+    ):
         open_source("builtin:cifar11")
 
 
@@ -101,14 +107,18 @@ def test_cifar10_archive_from_data_dir(tmp_path):
     rng = np.random.default_rng(0)
     tar_path = tmp_path / "cifar-10-python.tar.gz"
     with tarfile.open(tar_path, "w:gz") as tar:
+
         def add(name, obj):
             data = _pickled(obj)
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-            add(name, {b"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8),
-                       b"labels": [0, 1, 2, 3]})
+            add(
+                name,
+                {b"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3]},
+            )
         add("batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
     src = open_source("builtin:cifar10", data_dir=str(tmp_path))
     assert src.images.shape == (24, 32, 32, 3)

@@ -185,9 +185,24 @@ def test_pack_train_and_evaluate_through_the_cli(image_folder, tmp_path, capsys)
     assert main(["data", "pack", f"folder:{image_folder}", "--to", str(out)]) == 2
     assert "is not empty" in capsys.readouterr().err
     runs = tmp_path / "runs"
-    code = main(["train", "--data", f"tfrecord:{out}", "--epochs", "1", "--runs-dir", str(runs),
-                 "--model-kwargs", "filters=[8, 8] dense=[8]", "-b", "8", "--name", "tfr",
-                 "-q"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--data",
+            f"tfrecord:{out}",
+            "--epochs",
+            "1",
+            "--runs-dir",
+            str(runs),
+            "--model-kwargs",
+            "filters=[8, 8] dense=[8]",
+            "-b",
+            "8",
+            "--name",
+            "tfr",
+            "-q",
+        ]
+    )
     said = capsys.readouterr().out
     assert code == 0, said
     assert "test accuracy" in said
@@ -223,9 +238,19 @@ def test_streaming_reshuffles_each_epoch_and_keeps_each_images_index(kind, tmp_p
         def __call__(self, x, idx, epoch):
             return x + 1000.0 * tf.cast(idx, tf.float32)[:, None, None, None]
 
-    ds = make_dataset(source.labels, num_classes=2, image_size=(4, 4), channels=3,
-                      paths=None if records else source.paths, records=records, batch_size=8,
-                      training=True, augmenter=Tag(), cache="none", seed=1)  # fmt: skip
+    ds = make_dataset(
+        source.labels,
+        num_classes=2,
+        image_size=(4, 4),
+        channels=3,
+        paths=None if records else source.paths,
+        records=records,
+        batch_size=8,
+        training=True,
+        augmenter=Tag(),
+        cache="none",
+        seed=1,
+    )
     epochs = []
     for _ in range(2):
         values = np.concatenate([x.numpy()[:, 0, 0, 0] for x, _ in ds])
@@ -259,9 +284,17 @@ def test_fine_tune_runs_on_packed_data(tmp_path):
     index = pack(f"folder:{root}", tmp_path / "p", test_split=0.2, check=False, quiet=True)
     weights = tmp_path / "mobilenet_backbone.weights.h5"
     make_backbone(BACKBONES["mobilenet"], (32, 32, 3)).save_weights(weights)
-    result = fine_tune(data=f"tfrecord:{tmp_path / 'p'}", weights=str(weights), image_size=32,
-                       batch_size=8, epochs=1, freeze_epochs=1, unfreeze="1", verbose=0,
-                       runs_dir=str(tmp_path / "runs"))  # fmt: skip
+    result = fine_tune(
+        data=f"tfrecord:{tmp_path / 'p'}",
+        weights=str(weights),
+        image_size=32,
+        batch_size=8,
+        epochs=1,
+        freeze_epochs=1,
+        unfreeze="1",
+        verbose=0,
+        runs_dir=str(tmp_path / "runs"),
+    )
     assert result.metrics["test"]["num_examples"] == index["counts"]["test"] == 6
 
 
@@ -272,8 +305,10 @@ def test_data_inspect_on_packed_data_writes_its_page(tmp_path, capsys):
     shutil.copy(root / "a" / "a_000.png", root / "b" / "copy.png")  # same image, two labels
     pack(f"folder:{root}", tmp_path / "p", check=False, quiet=True)
     out = tmp_path / "out"
-    assert main(["data", "inspect", f"tfrecord:{tmp_path / 'p'}", "--output", str(out),
-                 "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(["data", "inspect", f"tfrecord:{tmp_path / 'p'}", "--output", str(out), "--quiet"])
+        == 0
+    )
     said = capsys.readouterr().out
     assert "a/a_000.png (a)  ==  b/copy.png (b)" in said
     assert "b/copy.png" in (out / "inspect.html").read_text()

@@ -25,9 +25,14 @@ def env_for(tmp: Path) -> dict[str, str]:
 def start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
     """``python -m cnnlab.cli.main ARGS`` in its own process group, output to ``log``."""
     out = open(log, "wb")  # noqa: SIM115 - the child holds it; closed by the caller's kill
-    return subprocess.Popen([sys.executable, "-m", "cnnlab.cli.main", *args], env=env,
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                            cwd=env["TMPDIR"])  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "cnnlab.cli.main", *args],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=env["TMPDIR"],
+    )
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -52,8 +57,10 @@ def run(args: list[str], env: dict, log: Path, timeout: float) -> int:
     try:
         return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"cnnlab {' '.join(args)} ran past {timeout} s:\n"
-                             + log.read_text(errors="replace")[-3000:]) from None  # fmt: skip
+        raise AssertionError(
+            f"cnnlab {' '.join(args)} ran past {timeout} s:\n"
+            + log.read_text(errors="replace")[-3000:]
+        ) from None
     finally:
         kill_group(proc)
 

@@ -10,10 +10,17 @@ from cnnlab.run_folder import read_history
 
 def test_backup_dir_holds_the_checkpoints_and_resume_continues_from_it(tmp_path):
     backup = tmp_path / "shared-backup"
-    common = dict(data="builtin:digits", model="simple_cnn", tensorboard=False, verbose=0,
-                  batch_size=128, model_kwargs={"filters": [8, 16], "dense": [32]})  # fmt: skip
-    first = cnnlab.train(epochs=1, runs_dir=str(tmp_path / "runs"), name="b",
-                         backup_dir=str(backup), **common)  # fmt: skip
+    common = dict(
+        data="builtin:digits",
+        model="simple_cnn",
+        tensorboard=False,
+        verbose=0,
+        batch_size=128,
+        model_kwargs={"filters": [8, 16], "dense": [32]},
+    )
+    first = cnnlab.train(
+        epochs=1, runs_dir=str(tmp_path / "runs"), name="b", backup_dir=str(backup), **common
+    )
     saved = backup / "b"
     assert sorted(p.name for p in saved.iterdir()) == ["best.keras", "last.keras", "state.json"]
     assert not any((first.run_dir / "checkpoints").iterdir())

@@ -43,11 +43,26 @@ def test_two_workers_one_run_folder_same_weights_and_accuracy_as_one_process(tmp
     env = env_for(tmp)
     # No validation split: both runs keep their last epoch (the best-of-180-validation-images
     # pick alone moved test accuracy by 2-3 points between otherwise equal runs).
-    args = [*DIGITS, "--epochs", "8", "--val-split", "0", "--learning-rate", "0.003",
-            "--batch-size", "64", "--runs-dir", str(runs)]  # fmt: skip
+    args = [
+        *DIGITS,
+        "--epochs",
+        "8",
+        "--val-split",
+        "0",
+        "--learning-rate",
+        "0.003",
+        "--batch-size",
+        "64",
+        "--runs-dir",
+        str(runs),
+    ]
     launcher = tmp_path / "launch.log"
-    code = run(["launch", "--workers", "2", "--logs", str(logs), "--", "train", *args,
-                "--name", "two"], env, launcher, timeout=240)  # fmt: skip
+    code = run(
+        ["launch", "--workers", "2", "--logs", str(logs), "--", "train", *args, "--name", "two"],
+        env,
+        launcher,
+        timeout=240,
+    )
     assert code == 0, launcher.read_text()[-3000:]
     # One run folder, written by the chief; the other worker left nothing behind.
     assert sorted(p.name for p in runs.iterdir()) == ["two"]
@@ -86,12 +101,30 @@ def test_sigkill_of_worker_1_in_epoch_3_then_resume_finishes_3_to_5(tmp_path):
     run_dir = runs / "kill"
     launcher_log = tmp_path / "launch.log"
     # Small batches: an epoch lasts long enough (45 steps) to be killed in the middle of.
-    launcher = start(["launch", "--workers", "2", "--", "train", *DIGITS, "--epochs", "5",
-                      "--batch-size", "32", "--runs-dir", str(runs), "--name", "kill"],
-                     env, launcher_log)  # fmt: skip
+    launcher = start(
+        [
+            "launch",
+            "--workers",
+            "2",
+            "--",
+            "train",
+            *DIGITS,
+            "--epochs",
+            "5",
+            "--batch-size",
+            "32",
+            "--runs-dir",
+            str(runs),
+            "--name",
+            "kill",
+        ],
+        env,
+        launcher_log,
+    )
     try:
-        wait_for(lambda: len(_history_epochs(run_dir / "history.csv")) == 2, 180,
-                 "two finished epochs")  # fmt: skip
+        wait_for(
+            lambda: len(_history_epochs(run_dir / "history.csv")) == 2, 180, "two finished epochs"
+        )
         pids = worker_pids(launcher_log)
         os.kill(pids[1], signal.SIGKILL)
         code = launcher.wait(timeout=60)
@@ -105,8 +138,12 @@ def test_sigkill_of_worker_1_in_epoch_3_then_resume_finishes_3_to_5(tmp_path):
     assert state["epochs_done"] == 2, "the kill did not land in epoch 3"
 
     resumed_log = tmp_path / "resume.log"
-    code = run(["launch", "--workers", "2", "--", "train", "--resume", str(run_dir)], env,
-               resumed_log, timeout=240)  # fmt: skip
+    code = run(
+        ["launch", "--workers", "2", "--", "train", "--resume", str(run_dir)],
+        env,
+        resumed_log,
+        timeout=240,
+    )
     text = resumed_log.read_text()
     assert code == 0, text[-3000:]
     assert f"Resuming {run_dir} after epoch 2 of 5" in text

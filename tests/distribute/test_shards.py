@@ -57,8 +57,9 @@ def _check_disjoint(bundle, workers: int, batch: int, expect_each: int):
 
 def test_folder_shards_are_disjoint_and_cover_all_but_the_remainder(tmp_path):
     root = make_image_folder(tmp_path / "img", classes=("a", "b", "c"), per_class=15, size=12)
-    bundle = load_data(f"folder:{root}", val_split=0.0, test_split=0.0, augment="none",
-                       batch_size=8, seed=3)  # fmt: skip
+    bundle = load_data(
+        f"folder:{root}", val_split=0.0, test_split=0.0, augment="none", batch_size=8, seed=3
+    )
     n = len(bundle.examples("train")["labels"])
     assert n == 45
     left_out = _check_disjoint(bundle, 2, 4, expect_each=22)
@@ -70,8 +71,15 @@ def test_tfrecord_shards_are_disjoint_and_equal_in_steps(tmp_path):
     from cnnlab.data.tfrecord import pack
 
     root = make_image_folder(tmp_path / "img", classes=("a", "b"), per_class=20, size=12)
-    pack(f"folder:{root}", tmp_path / "packed", shards=4, val_split=0.0, test_split=0.0,
-         seed=3, quiet=True)  # fmt: skip
+    pack(
+        f"folder:{root}",
+        tmp_path / "packed",
+        shards=4,
+        val_split=0.0,
+        test_split=0.0,
+        seed=3,
+        quiet=True,
+    )
     bundle = load_data(f"tfrecord:{tmp_path / 'packed'}", augment="none", batch_size=8)
     n = len(bundle.examples("train")["labels"])
     every = _all_images(bundle)
@@ -102,8 +110,10 @@ def test_launch_refuses_commands_and_strategies_it_cannot_run():
     with pytest.raises(ConfigError, match="runs a cnnlab command on every worker, got 'evaluate'"):
         worker_args(["evaluate", "runs/x"])
     conf = json.loads(tf_config(["127.0.0.1:1", "127.0.0.1:2"], 1))
-    assert conf == {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
-                    "task": {"type": "worker", "index": 1}}  # fmt: skip
+    assert conf == {
+        "cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+        "task": {"type": "worker", "index": 1},
+    }
 
 
 def test_a_missing_or_broken_tf_config_is_explained(monkeypatch):
@@ -133,8 +143,10 @@ def test_the_launcher_does_not_import_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys, cnnlab.cli.launch, cnnlab.training.launch; "
-            "print('tensorflow' in sys.modules)")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, check=True)  # fmt: skip
+    code = (
+        "import sys, cnnlab.cli.launch, cnnlab.training.launch; print('tensorflow' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert out.stdout.strip() == "False"

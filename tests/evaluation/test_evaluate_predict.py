@@ -7,8 +7,13 @@ import cnnlab
 from cnnlab.errors import DataError, ModelError
 from cnnlab.evaluation import format_predictions
 
-TINY = dict(model="simple_cnn", model_kwargs={"filters": [8, 16], "dense": [16]}, batch_size=8,
-            verbose=0, lr=3e-3)  # fmt: skip
+TINY = dict(
+    model="simple_cnn",
+    model_kwargs={"filters": [8, 16], "dense": [16]},
+    batch_size=8,
+    verbose=0,
+    lr=3e-3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +58,9 @@ def test_evaluate_other_folder_with_class_subset(trained):
 def test_predict_files_and_folders_top_k(trained, tmp_path):
     result, root = trained
     (tmp_path / "broken.jpg").write_bytes(b"nope")
-    rows = cnnlab.predict(result.run_dir, [str(root / "train" / "a"), str(tmp_path / "broken.jpg")],
-                          top_k=3)  # fmt: skip
+    rows = cnnlab.predict(
+        result.run_dir, [str(root / "train" / "a"), str(tmp_path / "broken.jpg")], top_k=3
+    )
     assert len(rows) == 21
     good = [r for r in rows if "top" in r]
     assert len(good) == 20 and len(good[0]["top"]) == 3

@@ -28,8 +28,15 @@ SPACE = {
 
 
 def write_sweep(path: Path, **fields) -> Path:
-    raw = {"name": "digits-test", "trials": 8, "epochs": 2, "seed": 0, "base": dict(BASE),
-           "space": SPACE, **fields}  # fmt: skip
+    raw = {
+        "name": "digits-test",
+        "trials": 8,
+        "epochs": 2,
+        "seed": 0,
+        "base": dict(BASE),
+        "space": SPACE,
+        **fields,
+    }
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
@@ -40,8 +47,9 @@ def cnnlab_cmd(*args: str) -> list[str]:
 
 def run_cnnlab(*args: str, timeout: float = 600, cwd: Path | None = None):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run(cnnlab_cmd(*args), capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd, env=env)  # fmt: skip
+    proc = subprocess.run(
+        cnnlab_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -56,7 +64,8 @@ def only_sweep_folder(sweeps_dir: Path) -> Path:
 def digits_sweep(tmp_path_factory):
     """The must-show sweep: 8 trials of 2 epochs on digits, median pruning from epoch 1."""
     root = tmp_path_factory.mktemp("sweep")
-    config = write_sweep(root / "digits.yaml",
-                         pruner={"type": "median", "warmup_epochs": 0, "startup_trials": 2})  # fmt: skip
+    config = write_sweep(
+        root / "digits.yaml", pruner={"type": "median", "warmup_epochs": 0, "startup_trials": 2}
+    )
     proc = run_cnnlab("sweep", "-c", str(config), "--sweeps-dir", str(root / "sweeps"))
     return only_sweep_folder(root / "sweeps"), proc

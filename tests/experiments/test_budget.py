@@ -13,8 +13,11 @@ from cnnlab.experiments.space import parse_sweep
 from cnnlab.experiments.study import load_study
 from cnnlab.experiments.sweep import _budget_left
 
-RAW = {"name": "b", "base": {"data": "builtin:digits"},
-       "space": {"optimizer": ["adam", "sgd"], "batch_size": [32, 64]}}  # fmt: skip
+RAW = {
+    "name": "b",
+    "base": {"data": "builtin:digits"},
+    "space": {"optimizer": ["adam", "sgd"], "batch_size": [32, 64]},
+}
 
 
 def _study(finished: int, running: int = 0):
@@ -55,6 +58,8 @@ def test_a_worker_with_another_sweep_file_cannot_join_the_study(tmp_path):
     other = parse_sweep({**RAW, "space": {"optimizer": ["adam", "rmsprop"]}}, "b.yaml")
     with pytest.raises(ConfigError) as e:
         load_study(other, url)
-    assert f"The study 'b' in {url} was started with a different sweep file (they differ " \
-           "in: space)" in str(e.value)  # fmt: skip
+    assert (
+        f"The study 'b' in {url} was started with a different sweep file (they differ "
+        "in: space)" in str(e.value)
+    )
     assert "give this sweep another `name:`" in str(e.value)

@@ -61,11 +61,20 @@ def _epochs_written(history: Path) -> int:
 
 
 def test_sigkill_mid_trial_then_resume_finishes_without_double_counting(tmp_path):
-    config = write_sweep(tmp_path / "kill.yaml", name="kill-test", trials=2, epochs=3,
-                         pruner="none", base={**BASE, "tensorboard": False})  # fmt: skip
+    config = write_sweep(
+        tmp_path / "kill.yaml",
+        name="kill-test",
+        trials=2,
+        epochs=3,
+        pruner="none",
+        base={**BASE, "tensorboard": False},
+    )
     sweeps = tmp_path / "sweeps"
-    proc = subprocess.Popen(cnnlab_cmd("sweep", "-c", str(config), "--sweeps-dir", str(sweeps)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        cnnlab_cmd("sweep", "-c", str(config), "--sweeps-dir", str(sweeps)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         folder = _wait_for(lambda: next(iter(sweeps.glob("*")), None), 120, "the sweep folder")
         history = folder / "trials" / "trial-0001" / "history.csv"
@@ -102,13 +111,19 @@ def test_sigkill_mid_trial_then_resume_finishes_without_double_counting(tmp_path
 
 
 def test_two_workers_on_one_sqlite_study_run_disjoint_trials(tmp_path):
-    config = write_sweep(tmp_path / "shared.yaml", name="shared", trials=3, epochs=1,
-                         pruner="none")  # fmt: skip
+    config = write_sweep(tmp_path / "shared.yaml", name="shared", trials=3, epochs=1, pruner="none")
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    procs = [subprocess.Popen(cnnlab_cmd("sweep", "-c", str(config), "--storage", storage,
-                                         "--sweeps-dir", str(tmp_path / w)),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for w in ("a", "b")]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            cnnlab_cmd(
+                "sweep", "-c", str(config), "--storage", storage, "--sweeps-dir", str(tmp_path / w)
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in ("a", "b")
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
@@ -135,7 +150,9 @@ def test_workers_starting_together_on_a_new_database_all_open_it(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'new.db'}"
     code = f"from cnnlab.experiments.study import open_storage; open_storage({url!r})"
-    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
-             for _ in range(5)]  # fmt: skip
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+        for _ in range(5)
+    ]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 5, errors

@@ -70,9 +70,15 @@ def test_suggested_values_become_a_trial_config():
 
 
 def test_grid_enumerates_choices_and_stepped_ranges():
-    raw = {**SWEEP, "sampler": "grid", "space": {"optimizer": ["adam", "sgd"],
-                                                 "batch_size": {"low": 16, "high": 48, "step": 16},
-                                                 "model_kwargs": {"filters": [[8], [16]]}}}  # fmt: skip
+    raw = {
+        **SWEEP,
+        "sampler": "grid",
+        "space": {
+            "optimizer": ["adam", "sgd"],
+            "batch_size": {"low": 16, "high": 48, "step": 16},
+            "model_kwargs": {"filters": [[8], [16]]},
+        },
+    }
     spec = parse_sweep(raw, "grid.yaml")
     assert spec.grid_space() == {
         "optimizer": ["adam", "sgd"],
@@ -156,9 +162,16 @@ def test_loss_metrics_are_minimised_and_the_file_name_is_the_default_name(tmp_pa
 
 
 def test_options_chosen_together_merge_into_model_kwargs():
-    raw = {**SWEEP, "space": {"model_kwargs": [{"dropout": 0.0, "dense_dropout": 0.0},
-                                               {"dropout": 0.1, "dense_dropout": 0.3}],
-                              "model_kwargs.batch_norm": [True, False]}}  # fmt: skip
+    raw = {
+        **SWEEP,
+        "space": {
+            "model_kwargs": [
+                {"dropout": 0.0, "dense_dropout": 0.0},
+                {"dropout": 0.1, "dense_dropout": 0.3},
+            ],
+            "model_kwargs.batch_norm": [True, False],
+        },
+    }
     spec = parse_sweep(raw, "together.yaml")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     trial = study.ask()
@@ -167,8 +180,10 @@ def test_options_chosen_together_merge_into_model_kwargs():
     assert kwargs["dense"] == [32]  # the base's option stays
     assert (kwargs["dropout"], kwargs["dense_dropout"]) in ((0.0, 0.0), (0.1, 0.3))
     assert kwargs["batch_norm"] in (True, False)
-    assert trial.params["model_kwargs"] in ("{dropout: 0.0, dense_dropout: 0.0}",
-                                            "{dropout: 0.1, dense_dropout: 0.3}")  # fmt: skip
+    assert trial.params["model_kwargs"] in (
+        "{dropout: 0.0, dense_dropout: 0.0}",
+        "{dropout: 0.1, dense_dropout: 0.3}",
+    )
 
 
 def test_finetune_sweeps_search_finetune_keys_and_train_sweeps_refuse_them():

@@ -33,7 +33,8 @@ def test_sweep_writes_study_trial_runs_best_yaml_and_report(digits_sweep):
         assert t.user_attrs["run_dir"] == str(run.resolve())
         history = read_history(run / "history.csv")
         assert [t.intermediate_values[k] for k in sorted(t.intermediate_values)] == pytest.approx(
-            history["val_accuracy"], abs=1e-6)  # fmt: skip
+            history["val_accuracy"], abs=1e-6
+        )
         if t.state == TrialState.PRUNED:  # stopped after the epoch the pruner said so
             assert len(history["val_accuracy"]) == t.user_attrs["pruned_at_epoch"] < 2
             assert f"Trial {t.number} pruned after epoch 1: val_accuracy" in proc.stderr
@@ -41,12 +42,15 @@ def test_sweep_writes_study_trial_runs_best_yaml_and_report(digits_sweep):
             assert t.value == pytest.approx(max(history["val_accuracy"]))
     best = study.best_trial
     text = (folder / "best.yaml").read_text()
-    assert text.startswith(f"# Best trial {best.number} of sweep 'digits-test': val_accuracy "
-                           f"{best.value:.4f}\n# Repeat it: cnnlab train -c best.yaml\n")  # fmt: skip
+    assert text.startswith(
+        f"# Best trial {best.number} of sweep 'digits-test': val_accuracy "
+        f"{best.value:.4f}\n# Repeat it: cnnlab train -c best.yaml\n"
+    )
     config = yaml.safe_load(text)
     assert "runs_dir" not in config and "name" not in config and "verbose" not in config
-    trial_config = yaml.safe_load((folder / "trials" / f"trial-{best.number:04d}" / "config.yaml")
-                                  .read_text())  # fmt: skip
+    trial_config = yaml.safe_load(
+        (folder / "trials" / f"trial-{best.number:04d}" / "config.yaml").read_text()
+    )
     assert config == {k: v for k, v in trial_config.items() if k in config}
     with open(folder / "trials.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -71,15 +75,24 @@ def test_trial_run_folders_hold_tensorboard_scalars_and_the_confusion_matrix(dig
     epochs = len(read_history(run / "history.csv")["val_accuracy"])
     found = {}
     for split in ("train", "validation"):
-        acc = event_accumulator.EventAccumulator(str(run / "tensorboard" / split),
-                                                 size_guidance={event_accumulator.TENSORS: 0})  # fmt: skip
+        acc = event_accumulator.EventAccumulator(
+            str(run / "tensorboard" / split), size_guidance={event_accumulator.TENSORS: 0}
+        )
         acc.Reload()
         for tag in acc.Tags()["tensors"]:
             plugin = acc.SummaryMetadata(tag).plugin_data.plugin_name
             found[(split, tag)] = (plugin, [e.step for e in acc.Tensors(tag)])
-    scalars = {key for key, (plugin, steps) in found.items()
-               if plugin == "scalars" and steps == list(range(epochs))}  # fmt: skip
-    assert {("train", "epoch_loss"), ("train", "epoch_accuracy"), ("train", "epoch_learning_rate"),
-            ("train", "epoch_images_per_second"), ("validation", "epoch_loss"),
-            ("validation", "epoch_accuracy")} <= scalars  # fmt: skip
+    scalars = {
+        key
+        for key, (plugin, steps) in found.items()
+        if plugin == "scalars" and steps == list(range(epochs))
+    }
+    assert {
+        ("train", "epoch_loss"),
+        ("train", "epoch_accuracy"),
+        ("train", "epoch_learning_rate"),
+        ("train", "epoch_images_per_second"),
+        ("validation", "epoch_loss"),
+        ("validation", "epoch_accuracy"),
+    } <= scalars
     assert found[("validation", "confusion_matrix")][0] == "images"

@@ -32,8 +32,11 @@ def _click_sort(html: Path, column: str) -> list[list[str]]:
     proc, pipe = _start(find_chromium(), profile, 1280)
     try:
         sid = _open(pipe, html.resolve().as_uri(), 1280, 60)
-        ev = pipe.send("Runtime.evaluate", {"expression": CLICK_AND_READ % json.dumps(column),
-                                            "returnByValue": True}, session=sid)  # fmt: skip
+        ev = pipe.send(
+            "Runtime.evaluate",
+            {"expression": CLICK_AND_READ % json.dumps(column), "returnByValue": True},
+            session=sid,
+        )
         return json.loads(ev["result"]["value"])
     finally:
         proc.kill()
@@ -52,12 +55,14 @@ def test_sweep_report_renders_and_sorts_in_chromium(digits_sweep, tmp_path):
     # progress, importances, one slice per parameter (4), learning curves
     assert page.images["total"] >= 7 and page.images["broken"] == 0
 
-    study = optuna.load_study(study_name="digits-test",
-                              storage=f"sqlite:///{folder / 'study.db'}")  # fmt: skip
+    study = optuna.load_study(study_name="digits-test", storage=f"sqlite:///{folder / 'study.db'}")
     # a pruned trial shows its last epoch's value
-    values = {str(t.number): round(t.value if t.value is not None else
-                                   t.intermediate_values[max(t.intermediate_values)], 4)
-              for t in study.trials}  # fmt: skip
+    values = {
+        str(t.number): round(
+            t.value if t.value is not None else t.intermediate_values[max(t.intermediate_values)], 4
+        )
+        for t in study.trials
+    }
     ascending, descending = _click_sort(folder / "sweep.html", "val_accuracy")
     assert [values[n] for n in ascending] == sorted(values.values())
     assert [values[n] for n in descending] == sorted(values.values(), reverse=True)
@@ -65,8 +70,7 @@ def test_sweep_report_renders_and_sorts_in_chromium(digits_sweep, tmp_path):
 
 def test_sweep_report_marks_pruned_trials(digits_sweep):
     folder, _ = digits_sweep
-    study = optuna.load_study(study_name="digits-test",
-                              storage=f"sqlite:///{folder / 'study.db'}")  # fmt: skip
+    study = optuna.load_study(study_name="digits-test", storage=f"sqlite:///{folder / 'study.db'}")
     html = (folder / "sweep.html").read_text()
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert html.count("<td>pruned</td>") == len(pruned)

@@ -27,7 +27,7 @@ def learnable_arrays(n_per_class: int, size: int = SIZE, seed: int = 0):
         img[..., c % 3] += 120
         q = size // 2
         r0, c0 = [(0, 0), (0, q), (q, 0), (q, q)][c % 4]
-        img[:, r0:r0 + q, c0:c0 + q] = 230
+        img[:, r0 : r0 + q, c0 : c0 + q] = 230
         xs.append(img.astype(np.uint8))
         ys.append(np.full(n_per_class, c))
     return np.concatenate(xs), np.concatenate(ys)
@@ -70,9 +70,17 @@ def exported_run(root):
         from tests.conftest import make_image_folder
 
         data = make_image_folder(root / "images", classes=CLASSES, per_class=20, size=SIZE)
-        result = cnnlab.train(data=f"folder:{data}", runs_dir=str(root / "runs"), name="tiny",
-                              model="simple_cnn", model_kwargs={"filters": [8, 16], "dense": [16]},
-                              epochs=4, batch_size=16, verbose=0, seed=1)  # fmt: skip
+        result = cnnlab.train(
+            data=f"folder:{data}",
+            runs_dir=str(root / "runs"),
+            name="tiny",
+            model="simple_cnn",
+            model_kwargs={"filters": [8, 16], "dense": [16]},
+            epochs=4,
+            batch_size=16,
+            verbose=0,
+            seed=1,
+        )
         cnnlab.export_model(result.run_dir, "all")
         _RUNS["run"] = result.run_dir
     return _RUNS["run"]

@@ -32,8 +32,9 @@ def test_predict_with_an_exported_file_matches_the_run(export_run, tmp_path):
     for name in ("model.onnx", "model.tflite", "saved_model"):
         got = cnnlab.predict(export_run / "export" / name, [str(path)], top_k=3)[0]["top"]
         assert [t["label"] for t in got] == [t["label"] for t in expected], name
-        np.testing.assert_allclose([t["probability"] for t in got],
-                                   [t["probability"] for t in expected], atol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            [t["probability"] for t in got], [t["probability"] for t in expected], atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])

@@ -68,20 +68,28 @@ def test_export_cli_prints_the_parity_table(export_run, tmp_path):
     from cnnlab.cli.main import cli
 
     out = tmp_path / "onnx-only"
-    res = CliRunner().invoke(cli, ["export", str(export_run), "--format", "onnx,tflite",
-                                   "--output", str(out)])  # fmt: skip
+    res = CliRunner().invoke(
+        cli, ["export", str(export_run), "--format", "onnx,tflite", "--output", str(out)]
+    )
     assert res.exit_code == 0, res.output
     assert "onnxruntime" in res.output and "ai_edge_litert Interpreter" in res.output
     assert "max|Δp|" in res.output and "top-1 agree" in res.output
     lines = [line for line in res.output.splitlines() if line.startswith(("onnx ", "tflite "))]
     assert len(lines) == 2 and all(line.rstrip().endswith("ok") for line in lines)
-    assert sorted(p.name for p in out.iterdir()) == ["export.json", "labels.txt", "model.onnx",
-                                                     "model.tflite"]  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [
+        "export.json",
+        "labels.txt",
+        "model.onnx",
+        "model.tflite",
+    ]
 
 
 def test_unknown_format_names_the_choices():
-    with pytest.raises(ConfigError, match=r"Unknown export format\(s\): coreml.*all or any of "
-                       r"keras, savedmodel, tflite, tflite-fp16, tflite-int8, onnx"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"Unknown export format\(s\): coreml.*all or any of "
+        r"keras, savedmodel, tflite, tflite-fp16, tflite-int8, onnx",
+    ):
         parse_formats("onnx,coreml")
     assert parse_formats("all") == list(FORMATS)
     assert parse_formats("onnx, tflite-int8") == ["tflite-int8", "onnx"]
@@ -90,11 +98,21 @@ def test_unknown_format_names_the_choices():
 def test_a_failed_parity_check_deletes_the_file_and_says_why(tmp_path, held_out):
     model = train_tiny("simple_cnn", epochs=2, filters=[8], dense=[8])
     x, y = held_out
-    with pytest.raises(ModelError, match=r"Export parity check failed for tflite \(max \|Δp\| "
-                       r"\S+ > -1e\+00\), onnx \(max \|Δp\| \S+ > -1e\+00\); the failing "
-                       r"file\(s\) were deleted(.|\n)*onnx +\(deleted\)"):  # fmt: skip
-        export_keras(model, tmp_path, "onnx,tflite", class_names=list(CLASSES), images=x,
-                     labels=y, thresholds={"fp32_max_abs_diff": -1.0})  # fmt: skip
+    with pytest.raises(
+        ModelError,
+        match=r"Export parity check failed for tflite \(max \|Δp\| "
+        r"\S+ > -1e\+00\), onnx \(max \|Δp\| \S+ > -1e\+00\); the failing "
+        r"file\(s\) were deleted(.|\n)*onnx +\(deleted\)",
+    ):
+        export_keras(
+            model,
+            tmp_path,
+            "onnx,tflite",
+            class_names=list(CLASSES),
+            images=x,
+            labels=y,
+            thresholds={"fp32_max_abs_diff": -1.0},
+        )
     assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "model.tflite").exists()
     manifest = json.loads((tmp_path / "export.json").read_text())
     assert manifest["artifacts"]["onnx"]["file"] is None
@@ -111,8 +129,11 @@ def test_a_converter_that_fails_midway_leaves_no_file(tmp_path, held_out, monkey
     (tmp_path / "model.tflite").write_bytes(b"an older, finished file")
     monkeypatch.setattr(formats, "_tflite_bytes", broken)
     x, y = held_out
-    with pytest.raises(ModelError, match=r"Exporting simple_cnn to tflite failed \(RuntimeError: "
-                       r"converter crashed\)"):  # fmt: skip
+    with pytest.raises(
+        ModelError,
+        match=r"Exporting simple_cnn to tflite failed \(RuntimeError: "
+        r"converter crashed\)",
+    ):
         export_keras(model, tmp_path, "tflite", class_names=list(CLASSES), images=x, labels=y)
     assert (tmp_path / "model.tflite").read_bytes() == b"an older, finished file"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -24,8 +24,9 @@ from tests.export._models import (
 def export_and_check(model, out, size: int):
     x, y = learnable_arrays(12, size, seed=7)
     rep, _ = learnable_arrays(20, size, seed=3)
-    result = export_keras(model, out, "all", class_names=list(CLASSES), images=x, labels=y,
-                          representative=rep)  # fmt: skip
+    result = export_keras(
+        model, out, "all", class_names=list(CLASSES), images=x, labels=y, representative=rep
+    )
     manifest = json.loads((out / "export.json").read_text())
     assert set(manifest["artifacts"]) == set(FORMATS)
     for fmt, entry in manifest["artifacts"].items():
@@ -53,8 +54,9 @@ def test_airbench_export_keeps_its_whitening_and_test_time_augmentation(tmp_path
     from cnnlab.models import create_model
 
     model = create_model("airbench", 3, 16, 3, **SCRATCH["airbench"])  # untrained is enough
-    export_keras(model, tmp_path, "onnx", class_names=list(CLASSES),
-                 images=learnable_arrays(4, seed=7)[0])  # fmt: skip
+    export_keras(
+        model, tmp_path, "onnx", class_names=list(CLASSES), images=learnable_arrays(4, seed=7)[0]
+    )
     x = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3)).astype(np.uint8)
     onnx = load_artifact(tmp_path / "model.onnx").predict(x)
     with_tta = np.asarray(model(x.astype(np.float32), training=False))
@@ -83,8 +85,15 @@ def test_pretrained_family_exports_every_format(name, tmp_path):
     model = create_model(name, len(CLASSES), 32, 3, weights=None)
     x, _ = learnable_arrays(12, 32, seed=7)
     rep, _ = learnable_arrays(20, 32, seed=3)
-    result = export_keras(model, tmp_path, "all", class_names=list(CLASSES), images=x,
-                          representative=rep, thresholds={"fp16_agreement": 0.0})  # fmt: skip
+    result = export_keras(
+        model,
+        tmp_path,
+        "all",
+        class_names=list(CLASSES),
+        images=x,
+        representative=rep,
+        thresholds={"fp16_agreement": 0.0},
+    )
     for fmt, entry in result.manifest["artifacts"].items():
         assert entry["parity"]["passed"] and (tmp_path / FILES[fmt]).exists(), (fmt, entry)
         if fmt in ("keras", "savedmodel", "tflite", "onnx"):

@@ -37,13 +37,20 @@ def test_readme_snippet_runs_onnx_and_tflite_with_their_runtimes_alone(export_ru
     x, _ = learnable_arrays(1)
     Image.fromarray(x[0]).save(tmp_path / "photo.png")
     code = snippet().replace("export/", f"{export}/").replace("(224, 224)", "(16, 16)")
-    done = subprocess.run([sys.executable, "-c", BLOCK + code], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCK + code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
     onnx = load_artifact(export / "model.onnx").predict(x[:1])[0]
     int8 = load_artifact(export / "model_int8.tflite").predict(x[:1])[0]
     names = ["circle", "square", "star"]
-    assert lines == [f"onnx: {names[onnx.argmax()]} {round(float(onnx.max()), 3)}",
-                     f"tflite int8: {names[int8.argmax()]} {round(float(int8.max()), 3)}"]  # fmt: skip
+    assert lines == [
+        f"onnx: {names[onnx.argmax()]} {round(float(onnx.max()), 3)}",
+        f"tflite int8: {names[int8.argmax()]} {round(float(int8.max()), 3)}",
+    ]
     assert np.isclose(onnx.max(), float(lines[0].split()[-1]), atol=1e-3)

@@ -41,8 +41,10 @@ FILES = {
 
 
 @pytest.mark.parametrize("name", list(FILES))
-@pytest.mark.parametrize("size,resize", [((16, 16), "stretch"), ((24, 40), "stretch"),
-                                         ((20, 20), "crop"), ((20, 12), "pad")])  # fmt: skip
+@pytest.mark.parametrize(
+    "size,resize",
+    [((16, 16), "stretch"), ((24, 40), "stretch"), ((20, 20), "crop"), ((20, 12), "pad")],
+)
 def test_pixels_match_the_training_pipeline(name, size, resize, tmp_path):
     fmt, mode, kwargs = FILES[name]
     path = tmp_path / f"image.{fmt.lower()}"
@@ -58,12 +60,15 @@ def test_gray_models_get_the_pipelines_gray_pixels(tmp_path):
     conversion is approximated)."""
     path = tmp_path / "gray.png"
     Image.fromarray(photo_like()).convert("L").save(path)
-    np.testing.assert_array_equal(load_image(path.read_bytes(), (8, 8), 1),
-                                  pipeline_pixels(path, (8, 8), 1, "stretch"))  # fmt: skip
+    np.testing.assert_array_equal(
+        load_image(path.read_bytes(), (8, 8), 1), pipeline_pixels(path, (8, 8), 1, "stretch")
+    )
     path = tmp_path / "colour.png"
     Image.fromarray(photo_like()).save(path)
-    diff = np.abs(decode_image(path.read_bytes(), 1).astype(int)
-                  - pipeline_pixels(path, (61, 83), 1, "stretch").astype(int))  # fmt: skip
+    diff = np.abs(
+        decode_image(path.read_bytes(), 1).astype(int)
+        - pipeline_pixels(path, (61, 83), 1, "stretch").astype(int)
+    )
     assert diff.max() <= 1 and (diff > 0).mean() < 0.02
 
 
@@ -79,12 +84,15 @@ def test_exif_orientation_is_ignored_as_in_training(tmp_path):
     np.testing.assert_array_equal(got, pipeline_pixels(path, (20, 30), 3, "stretch"))
 
 
-@pytest.mark.parametrize("data,status,error", [
-    (b"", 400, "empty body"),
-    (b"%PDF-1.4 not an image", 415, "unsupported image format"),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 30, 415, "unsupported image format"),  # no IHDR
-    (b"BM" + b"\0" * 60, 400, "corrupt image"),  # a BMP header with nothing in it
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "data,status,error",
+    [
+        (b"", 400, "empty body"),
+        (b"%PDF-1.4 not an image", 415, "unsupported image format"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 30, 415, "unsupported image format"),  # no IHDR
+        (b"BM" + b"\0" * 60, 400, "corrupt image"),  # a BMP header with nothing in it
+    ],
+)
 def test_rejections_carry_their_http_status(data, status, error):
     with pytest.raises(ImageRejected) as info:
         decode_image(data, 3)

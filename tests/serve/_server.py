@@ -28,9 +28,13 @@ sys.exit(main(sys.argv[1:]))
 def running_server(model, *args: str, timeout: float = 60.0):
     """Yield the base URL of ``cnnlab serve MODEL --port 0 ARGS`` while it runs."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", BLOCK_TF, "serve", str(model), "--port", "0",
-                             *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BLOCK_TF, "serve", str(model), "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     lines = []
     try:
         deadline = time.time() + timeout

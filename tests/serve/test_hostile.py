@@ -30,8 +30,11 @@ def photo(size=(48, 64)) -> bytes:
 
 def huge_png_header(width: int = 50_000, height: int = 50_000) -> bytes:
     """A PNG that claims width x height pixels in a few hundred bytes."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit gray
     idat = zlib.compress(b"\0" * 20_000, 9)
@@ -78,8 +81,9 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_hostile_input_gets_its_status(server, case):
     body, status = CASES[case]
-    r = httpx.post(f"{server}/predict", content=body, headers={"content-type": "image/jpeg"},
-                   timeout=30)  # fmt: skip
+    r = httpx.post(
+        f"{server}/predict", content=body, headers={"content-type": "image/jpeg"}, timeout=30
+    )
     assert r.status_code == status, (case, r.text[:300])
     data = r.json()
     if status == 200:
@@ -116,6 +120,7 @@ def test_error_texts_say_what_was_wrong(server):
 
 def test_the_body_limit_counts_streamed_bytes_of_a_chunked_body(server):
     """No Content-Length (chunked): the limit still holds, counted as the bytes arrive."""
+
     def chunks():
         for _ in range(150):
             yield b"\0" * 100_000  # 15 MB in all
@@ -132,8 +137,10 @@ def test_a_lying_content_length_is_not_trusted(server):
     (not an image: 415), the rest is not read into it, and the server goes on answering."""
     u = urlparse(server)
     with socket.create_connection((u.hostname, u.port), timeout=30) as s:
-        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
-                  + b"\0" * (100 + 65_536))  # fmt: skip
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+            + b"\0" * (100 + 65_536)
+        )
         reply = ""
         while '"detail"' not in reply:  # headers and body may come in separate packets
             chunk = s.recv(4096).decode("latin-1")
@@ -149,8 +156,13 @@ def test_multipart_upload_and_routing_errors_are_json(server):
     r = httpx.post(f"{server}/predict", files={"file": ("p.jpg", good, "image/jpeg")}, timeout=30)
     raw = httpx.post(f"{server}/predict", content=good, timeout=30)
     assert r.status_code == 200 and r.json()["top"] == raw.json()["top"]
-    r = httpx.post(f"{server}/predict", data={"note": "no file"}, files={}, timeout=30,
-                   headers={"content-type": "multipart/form-data; boundary=xyz"})  # fmt: skip
+    r = httpx.post(
+        f"{server}/predict",
+        data={"note": "no file"},
+        files={},
+        timeout=30,
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+    )
     assert r.status_code == 400 and set(r.json()) == {"error", "detail"}
     assert httpx.get(f"{server}/nowhere").json()["error"] == "not found"
     r = httpx.get(f"{server}/predict")
@@ -164,5 +176,6 @@ def test_animated_gif_is_its_first_frame(server):
     a = httpx.post(f"{server}/predict?top_k=3", content=animated_gif()).json()["top"]
     b = httpx.post(f"{server}/predict?top_k=3", content=first).json()["top"]
     assert [t["label"] for t in a] == [t["label"] for t in b]
-    np.testing.assert_allclose([t["probability"] for t in a], [t["probability"] for t in b],
-                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        [t["probability"] for t in a], [t["probability"] for t in b], atol=1e-6
+    )

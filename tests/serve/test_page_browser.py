@@ -29,32 +29,50 @@ def upload_in_browser(url: str, image_path: str, screenshot: str, timeout: float
     from_r, from_w = os.pipe()
     profile = tempfile.mkdtemp(prefix="cnnlab-chromium-")
     cmd = f'exec "$0" "$@" 3<&{to_r} 4>&{from_w}'
-    proc = subprocess.Popen(["bash", "-c", cmd, find_chromium(), *FLAGS,
-                             f"--user-data-dir={profile}", "--window-size=1000,800", "about:blank"],
-                            pass_fds=(to_r, from_w), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            "bash",
+            "-c",
+            cmd,
+            find_chromium(),
+            *FLAGS,
+            f"--user-data-dir={profile}",
+            "--window-size=1000,800",
+            "about:blank",
+        ],
+        pass_fds=(to_r, from_w),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(to_r)
     os.close(from_w)
     pipe = _Pipe(proc, to_w, from_r)
     try:
         target = pipe.send("Target.createTarget", {"url": "about:blank"}, timeout=timeout)
-        sid = pipe.send("Target.attachToTarget", {"targetId": target["targetId"],
-                                                  "flatten": True})["sessionId"]  # fmt: skip
+        sid = pipe.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})[
+            "sessionId"
+        ]
         for domain in ("Page", "Runtime", "Network", "DOM"):
             pipe.send(f"{domain}.enable", session=sid)
         pipe.send("Page.navigate", {"url": url + "/"}, session=sid)
         pipe.wait_event("Page.loadEventFired", timeout)
         root = pipe.send("DOM.getDocument", session=sid)["root"]["nodeId"]
-        node = pipe.send("DOM.querySelector", {"nodeId": root, "selector": "#file"},
-                         session=sid)["nodeId"]  # fmt: skip
+        node = pipe.send("DOM.querySelector", {"nodeId": root, "selector": "#file"}, session=sid)[
+            "nodeId"
+        ]
         pipe.send("DOM.setFileInputFiles", {"files": [image_path], "nodeId": node}, session=sid)
-        js = ("JSON.stringify({top: document.body.dataset.top || '', error: "
-              "document.getElementById('error').textContent, latency: "
-              "document.getElementById('latency').textContent, bars: "
-              "document.querySelectorAll('#bars .row').length})")  # fmt: skip
+        js = (
+            "JSON.stringify({top: document.body.dataset.top || '', error: "
+            "document.getElementById('error').textContent, latency: "
+            "document.getElementById('latency').textContent, bars: "
+            "document.querySelectorAll('#bars .row').length})"
+        )
         deadline, state = time.time() + timeout, {}
         while time.time() < deadline:
-            ev = pipe.send("Runtime.evaluate", {"expression": js, "returnByValue": True}, session=sid)
+            ev = pipe.send(
+                "Runtime.evaluate", {"expression": js, "returnByValue": True}, session=sid
+            )
             state = json.loads(ev["result"]["value"])
             if state["top"] or state["error"]:
                 break
@@ -62,9 +80,11 @@ def upload_in_browser(url: str, image_path: str, screenshot: str, timeout: float
         shot = pipe.send("Page.captureScreenshot", {"format": "png"}, session=sid)
         with open(screenshot, "wb") as f:
             f.write(base64.b64decode(shot["data"]))
-        state["requests"] = [e["params"]["request"]["url"] for e in pipe.events
-                             if e.get("sessionId") == sid
-                             and e.get("method") == "Network.requestWillBeSent"]  # fmt: skip
+        state["requests"] = [
+            e["params"]["request"]["url"]
+            for e in pipe.events
+            if e.get("sessionId") == sid and e.get("method") == "Network.requestWillBeSent"
+        ]
         try:
             pipe.send("Browser.close", timeout=5)
         except (TimeoutError, RuntimeError, OSError):

@@ -23,8 +23,11 @@ def photo_files(folder):
     rng = np.random.default_rng(5)
     big = np.asarray(Image.fromarray(x[0]).resize((61, 47), Image.BILINEAR)).astype(np.int16)
     big = np.clip(big + rng.integers(-20, 20, big.shape), 0, 255).astype(np.uint8)
-    files = {"photo.jpg": ("JPEG", big, {"quality": 85}), "wide.png": ("PNG", big[:20], {}),
-             "gray.png": ("PNG", big[..., 1], {})}  # fmt: skip
+    files = {
+        "photo.jpg": ("JPEG", big, {"quality": 85}),
+        "wide.png": ("PNG", big[:20], {}),
+        "gray.png": ("PNG", big[..., 1], {}),
+    }
     paths = []
     for name, (fmt, arr, kw) in files.items():
         Image.fromarray(arr).save(folder / name, fmt, **kw)
@@ -51,8 +54,13 @@ def test_health_metadata_and_no_tensorflow_in_the_process(server, export_run):
     assert health["status"] == "ok" and health["tensorflow_loaded"] is False
     meta = httpx.get(f"{server}/metadata").json()
     assert meta["classes"] == ["circle", "square", "star"]
-    assert meta["input"] == {"height": 16, "width": 16, "channels": 3, "resize": "stretch",
-                             "range": [0, 255]}  # fmt: skip
+    assert meta["input"] == {
+        "height": 16,
+        "width": 16,
+        "channels": 3,
+        "resize": "stretch",
+        "range": [0, 255],
+    }
     assert meta["model"] == "simple_cnn" and meta["format"] == "onnx"
     assert meta["source_run"] == str(export_run.resolve())
     assert 0 <= meta["test_metrics"]["accuracy"] <= 1 and meta["parity"]["passed"] is True
@@ -119,8 +127,11 @@ def test_a_run_folder_is_served_through_its_onnx_export(export_run):
 
 def test_serving_something_else_is_a_clear_error(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    done = subprocess.run([sys.executable, "-m", "cnnlab.cli.main", "serve",
-                           str(tmp_path / "notes.txt")], capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnlab.cli.main", "serve", str(tmp_path / "notes.txt")],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2
     assert "notes.txt is neither an exported model nor a run folder" in done.stderr
     assert "Export a run with `cnnlab export RUN`" in done.stderr
@@ -139,11 +150,17 @@ def test_a_run_without_an_export_is_exported_to_onnx_first(export_run, tmp_path)
     assert (run / "export" / "model.onnx").is_file() and (run / "export" / "export.json").is_file()
 
 
-@pytest.mark.parametrize("flag,value,shown", [("--queue", "0", "0"), ("--timeout", "-1", "-1.0"),
-                                              ("--max-bytes", "0", "0")])  # fmt: skip
+@pytest.mark.parametrize(
+    "flag,value,shown",
+    [("--queue", "0", "0"), ("--timeout", "-1", "-1.0"), ("--max-bytes", "0", "0")],
+)
 def test_limits_must_be_positive(export_run, flag, value, shown):
     model = str(export_run / "export" / "model.onnx")
-    done = subprocess.run([sys.executable, "-m", "cnnlab.cli.main", "serve", model, flag, value],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnlab.cli.main", "serve", model, flag, value],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert f"cnnlab: error: {flag} must be positive; received {shown}." in done.stderr

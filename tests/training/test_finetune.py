@@ -474,8 +474,9 @@ def test_small_set_with_a_test_folder_spends_every_image_on_the_head_and_says_so
     assert "Decision: stage 2 skipped: 24 images" in caplog.text
 
 
-def test_head_only_cli_gives_the_frozen_feature_classifier(flowers, runs_dir, backbone_weights,
-                                                           capsys):  # fmt: skip
+def test_head_only_cli_gives_the_frozen_feature_classifier(
+    flowers, runs_dir, backbone_weights, capsys
+):
     import json
 
     from cnnlab.cli.main import main

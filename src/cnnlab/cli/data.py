@@ -116,34 +116,81 @@ The folder appears only when complete.
 )
 @click.argument("spec")
 @click.option("--to", "to", required=True, type=click.Path(), help="New or empty folder to write.")
-@click.option("--shards", type=int, default=None,
-              help="Training shards (val/test: proportional) [about 128 MB each, at least 8].")
-@click.option("--image-size", type=int, default=None,
-              help="Resize every image to SIZE x SIZE [keep the files as they are].")
-@click.option("--resize", type=click.Choice(["stretch", "crop", "pad"]), default="stretch",
-              show_default=True, help="How --image-size changes the aspect ratio.")
-@click.option("--val-split", type=float, default=0.1, show_default=True,
-              help="Validation fraction, when the source has no val split.")
-@click.option("--test-split", type=float, default=0.1, show_default=True,
-              help="Test fraction, when the source has no test split.")
+@click.option(
+    "--shards",
+    type=int,
+    default=None,
+    help="Training shards (val/test: proportional) [about 128 MB each, at least 8].",
+)
+@click.option(
+    "--image-size",
+    type=int,
+    default=None,
+    help="Resize every image to SIZE x SIZE [keep the files as they are].",
+)
+@click.option(
+    "--resize",
+    type=click.Choice(["stretch", "crop", "pad"]),
+    default="stretch",
+    show_default=True,
+    help="How --image-size changes the aspect ratio.",
+)
+@click.option(
+    "--val-split",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Validation fraction, when the source has no val split.",
+)
+@click.option(
+    "--test-split",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Test fraction, when the source has no test split.",
+)
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the split.")
 @click.option("--overwrite", is_flag=True, help="Replace --to when it holds a packed folder.")
 @click.option("--data-dir", help="Folder with archives for builtin datasets.")
-@click.option("--no-check", is_flag=True,
-              help="Skip the dataset check (duplicates, leakage) kept as inspect.html.")
+@click.option(
+    "--no-check",
+    is_flag=True,
+    help="Skip the dataset check (duplicates, leakage) kept as inspect.html.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar or progress log lines.")
-def pack_cmd(spec, to, shards, image_size, resize, val_split, test_split, seed, overwrite,
-             data_dir, no_check, quiet) -> None:  # fmt: skip
+def pack_cmd(
+    spec,
+    to,
+    shards,
+    image_size,
+    resize,
+    val_split,
+    test_split,
+    seed,
+    overwrite,
+    data_dir,
+    no_check,
+    quiet,
+) -> None:
     """Write a data source as sharded TFRecords plus index.json (for tfrecord:DIR)."""
     from pathlib import Path
 
     from cnnlab.data.tfrecord import pack
 
     index = pack(
-        spec, to, shards=shards, image_size=image_size, resize=resize, val_split=val_split,
-        test_split=test_split, seed=seed, overwrite=overwrite, quiet=quiet, data_dir=data_dir,
+        spec,
+        to,
+        shards=shards,
+        image_size=image_size,
+        resize=resize,
+        val_split=val_split,
+        test_split=test_split,
+        seed=seed,
+        overwrite=overwrite,
+        quiet=quiet,
+        data_dir=data_dir,
         check=not no_check,
-    )  # fmt: skip
+    )
     counts = ", ".join(f"{n:,} {s}" for s, n in index["counts"].items())
     shards_n = sum(len(v) for v in index["shards"].values())
     click.echo(f"packed {counts} into {to} ({shards_n} shards, {index['bytes'] / 1e6:.1f} MB)")

@@ -6,12 +6,24 @@ import click
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
-@click.option("--workers", "-n", type=int, default=2, show_default=True,
-              help="Worker processes to start on 127.0.0.1.")  # fmt: skip
-@click.option("--logs", type=click.Path(file_okay=False),
-              help="Keep every worker's output in LOGS/worker-I.log [temporary].")  # fmt: skip
-@click.option("--pin/--no-pin", default=False,
-              help="Pin worker i to CPU core i (fair comparisons on one machine).")  # fmt: skip
+@click.option(
+    "--workers",
+    "-n",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Worker processes to start on 127.0.0.1.",
+)
+@click.option(
+    "--logs",
+    type=click.Path(file_okay=False),
+    help="Keep every worker's output in LOGS/worker-I.log [temporary].",
+)
+@click.option(
+    "--pin/--no-pin",
+    default=False,
+    help="Pin worker i to CPU core i (fair comparisons on one machine).",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 def launch(workers, logs, pin, command) -> int:
     """Start WORKERS copies of a cnnlab command as one tf.distribute cluster.

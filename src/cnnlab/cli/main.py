@@ -50,8 +50,21 @@ def cli() -> None:
     """
 
 
-for command in (train, evaluate, predict, models, data, report, compare, finetune, lr_find,
-                sweep, export, serve, launch):
+for command in (
+    train,
+    evaluate,
+    predict,
+    models,
+    data,
+    report,
+    compare,
+    finetune,
+    lr_find,
+    sweep,
+    export,
+    serve,
+    launch,
+):
     cli.add_command(command)
 
 
@@ -99,11 +112,18 @@ def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's start-up chatter
     args = sys.argv[1:] if argv is None else argv
     # (sweep is not heavy: its worker never imports TensorFlow, each trial's process does)
-    heavy = ("train", "evaluate", "predict", "models", "data", "report", "finetune", "lr-find",
-             "export")
-    if args and args[0] in heavy and not (
-        {"-h", "--help"} & set(args) or _debug()
-    ):
+    heavy = (
+        "train",
+        "evaluate",
+        "predict",
+        "models",
+        "data",
+        "report",
+        "finetune",
+        "lr-find",
+        "export",
+    )
+    if args and args[0] in heavy and not ({"-h", "--help"} & set(args) or _debug()):
         _quiet_tensorflow_import()
     from cnnlab.errors import CnnlabError
 

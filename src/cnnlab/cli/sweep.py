@@ -43,9 +43,15 @@ def sweep(config_file, resume, storage, trials, timeout, sweeps_dir, verbose, qu
     from cnnlab.experiments.space import parse_duration
 
     seconds = parse_duration(timeout, "--timeout") if timeout is not None else None
-    result = cnnlab.sweep(config_file, resume=resume, storage=storage, trials=trials,
-                          timeout=seconds, sweeps_dir=sweeps_dir,
-                          verbose=0 if quiet else 2 if verbose else 1)  # fmt: skip
+    result = cnnlab.sweep(
+        config_file,
+        resume=resume,
+        storage=storage,
+        trials=trials,
+        timeout=seconds,
+        sweeps_dir=sweeps_dir,
+        verbose=0 if quiet else 2 if verbose else 1,
+    )
     if result.best_trial is not None:
         click.echo(f"best trial {result.best_trial}: {result.best_value:.4f}")
         click.echo(f"best config: {result.best_config}")

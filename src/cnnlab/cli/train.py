@@ -27,8 +27,9 @@ Examples:
     type=click.Path(dir_okay=False),
     help="YAML file whose keys are these flags' names (flags override it).",
 )
-@click.option("--data", help="builtin:NAME, folder:PATH, csv:FILE or tfrecord:DIR "
-              "[default: builtin:digits].")
+@click.option(
+    "--data", help="builtin:NAME, folder:PATH, csv:FILE or tfrecord:DIR [default: builtin:digits]."
+)
 @click.option("--data-dir", help="Folder with downloaded archives for builtin datasets.")
 @click.option(
     "--recipe",
@@ -181,8 +182,10 @@ def train(config_file, resume, quiet, model_kwargs, **options) -> None:
     result = cnnlab.train(config_file, resume=resume, **options)
     if result.run_dir is None:  # a multi-worker run's other workers: the chief reports
         worker = result.metrics.get("multiworker", {})
-        click.echo(f"worker {worker.get('worker')} of {worker.get('workers')} finished "
-                   f"(trainable weights {worker.get('weights_fingerprint')})")  # fmt: skip
+        click.echo(
+            f"worker {worker.get('worker')} of {worker.get('workers')} finished "
+            f"(trainable weights {worker.get('weights_fingerprint')})"
+        )
         return
     test = result.metrics.get("test")
     if result.evaluation is not None and not quiet:

@@ -25,9 +25,17 @@ from cnnlab.errors import BadImagesError, DataError
 log = logging.getLogger("cnnlab")
 
 __all__ = [
-    "DataBundle", "Source", "Split", "load_data", "open_source", "make_split", "scan_images",
-    "make_dataset", "ImageInfo", "parse_spec",
-]  # fmt: skip
+    "DataBundle",
+    "Source",
+    "Split",
+    "load_data",
+    "open_source",
+    "make_split",
+    "scan_images",
+    "make_dataset",
+    "ImageInfo",
+    "parse_spec",
+]
 
 # Largest default image size picked from the data; bigger images are shrunk.
 MAX_DEFAULT_SIZE = 224
@@ -96,17 +104,32 @@ class DataBundle:
             if training and self.augment.active():
                 augmenter = Augmenter(self.augment, self.image_size, self.channels, self.seed)
             self._datasets[key] = make_dataset(
-                ex["labels"], num_classes=self.num_classes, image_size=self.image_size,
-                channels=self.channels, images=ex.get("images"), paths=ex.get("paths"),
+                ex["labels"],
+                num_classes=self.num_classes,
+                image_size=self.image_size,
+                channels=self.channels,
+                images=ex.get("images"),
+                paths=ex.get("paths"),
                 records=self.records(name),
-                batch_size=self.batch_size, training=training, augmenter=augmenter,
-                resize=self.resize, cache=self.cache, seed=self.seed,
+                batch_size=self.batch_size,
+                training=training,
+                augmenter=augmenter,
+                resize=self.resize,
+                cache=self.cache,
+                seed=self.seed,
                 class_weights=self.class_weights() if training else None,
-            )  # fmt: skip
+            )
         return self._datasets[key]
 
-    def subset(self, split: str, rows=None, *, batch_size: int = 256, training: bool = False,
-               shuffle_seed: int | None = None):  # fmt: skip
+    def subset(
+        self,
+        split: str,
+        rows=None,
+        *,
+        batch_size: int = 256,
+        training: bool = False,
+        shuffle_seed: int | None = None,
+    ):
         """A pipeline over ``rows`` (positions within ``split``; all of it when None).
 
         No augmentation and no cache: the images as the model takes them, in order. With
@@ -123,12 +146,21 @@ class DataBundle:
                     return self._reordered_subset(split, rows, batch_size)
                 records = records.select(rows)
         return make_dataset(
-            ex["labels"], num_classes=self.num_classes, image_size=self.image_size,
-            channels=self.channels, images=ex.get("images"), paths=ex.get("paths"),
-            records=records, batch_size=batch_size, training=training, augmenter=None, resize=self.resize,
-            cache=self.cache if training else "none", seed=self.seed,
+            ex["labels"],
+            num_classes=self.num_classes,
+            image_size=self.image_size,
+            channels=self.channels,
+            images=ex.get("images"),
+            paths=ex.get("paths"),
+            records=records,
+            batch_size=batch_size,
+            training=training,
+            augmenter=None,
+            resize=self.resize,
+            cache=self.cache if training else "none",
+            seed=self.seed,
             class_weights=self.class_weights() if training else None,
-        )  # fmt: skip
+        )
 
     def _reordered_subset(self, split: str, rows: np.ndarray, batch_size: int):
         """TFRecords are read in order: unsorted ``rows`` are read sorted, then put in order."""
@@ -136,10 +168,14 @@ class DataBundle:
         x = np.concatenate([b[0].numpy() for b in self.subset(split, wanted, batch_size=500)])
         pos = np.searchsorted(wanted, rows)
         return make_dataset(
-            self.examples(split)["labels"][rows], num_classes=self.num_classes,
-            image_size=self.image_size, channels=self.channels,
-            images=x[pos].astype(np.uint8), batch_size=batch_size, cache="none",
-        )  # fmt: skip
+            self.examples(split)["labels"][rows],
+            num_classes=self.num_classes,
+            image_size=self.image_size,
+            channels=self.channels,
+            images=x[pos].astype(np.uint8),
+            batch_size=batch_size,
+            cache="none",
+        )
 
     def sample_images(self, split: str, max_images: int) -> np.ndarray:
         """Up to ``max_images`` images of ``split`` (seeded sample, sorted order) as uint8
@@ -264,7 +300,16 @@ def load_data(
     if isinstance(augment, str):
         augment = resolve_options(augment, spec, **(augment_options or {}))
     return DataBundle(
-        source=source, split=split, image_size=tuple(int(v) for v in image_size),
-        channels=int(channels), batch_size=batch_size, resize=resize, augment=augment,
-        bad_files=bad, scan=infos, seed=seed, class_weight=class_weight, cache=cache,
-    )  # fmt: skip
+        source=source,
+        split=split,
+        image_size=tuple(int(v) for v in image_size),
+        channels=int(channels),
+        batch_size=batch_size,
+        resize=resize,
+        augment=augment,
+        bad_files=bad,
+        scan=infos,
+        seed=seed,
+        class_weight=class_weight,
+        cache=cache,
+    )

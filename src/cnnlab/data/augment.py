@@ -46,9 +46,7 @@ class AugmentOptions:
     rand_augment: bool = False
 
     def active(self) -> bool:
-        return any(
-            getattr(self, f.name) not in (0, 0.0, "none", False) for f in fields(self)
-        )
+        return any(getattr(self, f.name) not in (0, 0.0, "none", False) for f in fields(self))
 
 
 POLICIES = {
@@ -58,9 +56,14 @@ POLICIES = {
         flip="horizontal", translation=0.1, rotation=0.05, zoom=0.1, contrast=0.1
     ),
     "strong": AugmentOptions(
-        flip="horizontal", translation=0.1, rotation=0.05, zoom=0.1, contrast=0.1,
-        random_crop=4, rand_augment=True,
-    ),  # fmt: skip
+        flip="horizontal",
+        translation=0.1,
+        rotation=0.05,
+        zoom=0.1,
+        contrast=0.1,
+        random_crop=4,
+        rand_augment=True,
+    ),
 }
 NO_FLIP_DATASETS = ("builtin:digits", "builtin:mnist")
 FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical", "alternating")
@@ -84,12 +87,15 @@ def resolve_options(policy: str, data_spec: str = "", **explicit) -> AugmentOpti
         if value is not None:
             setattr(opts, key, value)
     if opts.flip not in FLIPS:
-        raise ConfigError(f"Bad flip: received {opts.flip!r}", expected=f"one of {', '.join(FLIPS)}")
+        raise ConfigError(
+            f"Bad flip: received {opts.flip!r}", expected=f"one of {', '.join(FLIPS)}"
+        )
     return opts
 
 
-def random_crops(images: tf.Tensor, pad: int | tuple[int, int], seed: tf.Tensor | None = None,
-                 flip: str = "none") -> tf.Tensor:
+def random_crops(
+    images: tf.Tensor, pad: int | tuple[int, int], seed: tf.Tensor | None = None, flip: str = "none"
+) -> tf.Tensor:
     """Shift each image of a batch by up to ``pad`` whole pixels, optionally mirroring it.
 
     The batch is padded by ``pad`` pixels (reflect) and each image cropped back
@@ -144,20 +150,33 @@ class Augmenter:
         self.shift_flip = opts.flip if opts.flip not in ("none", "alternating") else "none"
         h, w = image_size
         # Reflect padding needs a pad smaller than the side.
-        self.shift_pad = (min(round(opts.translation * h), h - 1), min(round(opts.translation * w), w - 1))
+        self.shift_pad = (
+            min(round(opts.translation * h), h - 1),
+            min(round(opts.translation * w), w - 1),
+        )
         layers: list[keras.layers.Layer] = []
         if opts.rotation:
-            layers.append(keras.layers.RandomRotation(opts.rotation, fill_mode="reflect",
-                                                      seed=seed + 2, name="rotation"))  # fmt: skip
+            layers.append(
+                keras.layers.RandomRotation(
+                    opts.rotation, fill_mode="reflect", seed=seed + 2, name="rotation"
+                )
+            )
         if opts.zoom:
-            layers.append(keras.layers.RandomZoom(opts.zoom, fill_mode="reflect",
-                                                  seed=seed + 3, name="zoom"))  # fmt: skip
+            layers.append(
+                keras.layers.RandomZoom(opts.zoom, fill_mode="reflect", seed=seed + 3, name="zoom")
+            )
         if opts.contrast:
-            layers.append(keras.layers.RandomContrast(opts.contrast, value_range=(0, 255),
-                                                      seed=seed + 5, name="contrast"))  # fmt: skip
+            layers.append(
+                keras.layers.RandomContrast(
+                    opts.contrast, value_range=(0, 255), seed=seed + 5, name="contrast"
+                )
+            )
         if opts.rand_augment and channels == 3:
-            layers.append(keras.layers.RandAugment(value_range=(0, 255), num_ops=2,
-                                                   factor=0.5, seed=seed + 6, name="rand_augment"))  # fmt: skip
+            layers.append(
+                keras.layers.RandAugment(
+                    value_range=(0, 255), num_ops=2, factor=0.5, seed=seed + 6, name="rand_augment"
+                )
+            )
         self.layers = layers
 
     def flip_mask(self, indices: tf.Tensor, epoch: tf.Tensor) -> tf.Tensor:
@@ -168,8 +187,9 @@ class Augmenter:
         base = tf.bitwise.right_shift(mixed, 16) % 2
         return tf.equal((base + tf.cast(epoch, tf.int64)) % 2, 1)
 
-    def __call__(self, images: tf.Tensor, indices: tf.Tensor | None = None,
-                 epoch: tf.Tensor | None = None) -> tf.Tensor:  # fmt: skip
+    def __call__(
+        self, images: tf.Tensor, indices: tf.Tensor | None = None, epoch: tf.Tensor | None = None
+    ) -> tf.Tensor:
         x = images
         if self.opts.random_crop:
             x = random_crops(x, int(self.opts.random_crop))
@@ -186,8 +206,11 @@ class Augmenter:
         return tf.clip_by_value(x, 0.0, 255.0) if self.layers else x
 
     def describe(self) -> str:
-        names = (["random_crop"] if self.opts.random_crop else []) + (
-            ["alternating_flip"] if self.needs_index else []) + (
-            ["flip"] if self.shift_flip != "none" else []) + (
-            ["translation"] if any(self.shift_pad) else []) + [layer.name for layer in self.layers]  # fmt: skip
+        names = (
+            (["random_crop"] if self.opts.random_crop else [])
+            + (["alternating_flip"] if self.needs_index else [])
+            + (["flip"] if self.shift_flip != "none" else [])
+            + (["translation"] if any(self.shift_pad) else [])
+            + [layer.name for layer in self.layers]
+        )
         return ", ".join(names) or "none"

@@ -24,12 +24,29 @@ from cnnlab.errors import DataError, close_matches
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 CIFAR10_CLASSES = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-]  # fmt: skip
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 FASHION_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 DIGIT_CLASSES = [str(i) for i in range(10)]
 MNIST_CLASSES = DIGIT_CLASSES
 
@@ -47,8 +64,14 @@ DOWNLOADS = {
         ", ".join(IDX_FILES.values()),
         "https://storage.googleapis.com/tensorflow/tf-keras-datasets/ (the four IDX .gz files)",
     ),
-    "cifar10": ("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
-    "cifar100": ("cifar-100-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
+    "cifar10": (
+        "cifar-10-python.tar.gz",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    ),
+    "cifar100": (
+        "cifar-100-python.tar.gz",
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    ),
 }
 
 BUILTIN_NAMES = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100")
@@ -61,8 +84,12 @@ def keras_cache_dir() -> Path:
 def load_builtin(name: str, data_dir: str | None = None):
     """Return (images uint8 NHWC, labels, parts, class_names) for a built-in dataset."""
     key = name.lower().replace("-", "_")
-    key = {"fashion": "fashion_mnist", "fmnist": "fashion_mnist", "cifar_10": "cifar10",
-           "cifar_100": "cifar100"}.get(key, key)  # fmt: skip
+    key = {
+        "fashion": "fashion_mnist",
+        "fmnist": "fashion_mnist",
+        "cifar_10": "cifar10",
+        "cifar_100": "cifar100",
+    }.get(key, key)
     if key not in BUILTIN_NAMES:
         raise DataError(
             f"Unknown built-in dataset '{name}'.{close_matches(key, BUILTIN_NAMES)}",
@@ -156,12 +183,26 @@ def _read_local(key: str, folder: Path):
         xtr, ytr, xte, yte = (read_idx(p) for p in paths)
         return (xtr, ytr), (xte, yte), names
     if key == "cifar10":
-        return _read_cifar(folder, "cifar-10-python.tar.gz", "cifar-10-batches-py",
-                           [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
-                           b"labels", "batches.meta", b"label_names")  # fmt: skip
-    return _read_cifar(folder, "cifar-100-python.tar.gz", "cifar-100-python", ["train"], ["test"],
-                       b"fine_labels", "meta", b"fine_label_names")  # fmt: skip
-
+        return _read_cifar(
+            folder,
+            "cifar-10-python.tar.gz",
+            "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)],
+            ["test_batch"],
+            b"labels",
+            "batches.meta",
+            b"label_names",
+        )
+    return _read_cifar(
+        folder,
+        "cifar-100-python.tar.gz",
+        "cifar-100-python",
+        ["train"],
+        ["test"],
+        b"fine_labels",
+        "meta",
+        b"fine_label_names",
+    )
 
 
 def _read_cifar(folder, archive, inner, train_files, test_files, label_key, meta, names_key):
@@ -200,7 +241,11 @@ def _read_cifar(folder, archive, inner, train_files, test_files, label_key, meta
     xtr, ytr = zip(*(batch(f) for f in train_files))
     xte, yte = zip(*(batch(f) for f in test_files))
     names = [n.decode() for n in pickle.loads(members[meta], encoding="bytes")[names_key]]
-    return (np.concatenate(xtr), np.concatenate(ytr)), (np.concatenate(xte), np.concatenate(yte)), names
+    return (
+        (np.concatenate(xtr), np.concatenate(ytr)),
+        (np.concatenate(xte), np.concatenate(yte)),
+        names,
+    )
 
 
 def _download(key: str, folder: Path):
@@ -218,8 +263,11 @@ def _download(key: str, folder: Path):
             fix=f"Fetch {url} on a machine with internet, put it in {folder} "
             f"(or any folder given with --data-dir)",
         ) from None
-    names = {"cifar10": CIFAR10_CLASSES, "fashion_mnist": FASHION_CLASSES,
-             "mnist": MNIST_CLASSES}.get(key)  # fmt: skip
+    names = {
+        "cifar10": CIFAR10_CLASSES,
+        "fashion_mnist": FASHION_CLASSES,
+        "mnist": MNIST_CLASSES,
+    }.get(key)
     if names is None:  # cifar100: Keras unpacks the archive; read the names from it
         local = _read_local(key, keras_cache_dir())
         names = local[2] if local else [f"class_{i}" for i in range(100)]

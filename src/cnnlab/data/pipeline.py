@@ -66,9 +66,12 @@ def make_resizer(image_size: tuple[int, int], resize: str = "stretch"):
     if resize == "stretch":
         return lambda img: tf.image.resize(tf.cast(img, tf.float32), (h, w), antialias=True)
     layer = keras.layers.Resizing(
-        h, w, crop_to_aspect_ratio=resize == "crop", pad_to_aspect_ratio=resize == "pad",
+        h,
+        w,
+        crop_to_aspect_ratio=resize == "crop",
+        pad_to_aspect_ratio=resize == "pad",
         fill_value=0.0,
-    )  # fmt: skip
+    )
     return lambda img: layer(tf.cast(img, tf.float32))
 
 
@@ -88,8 +91,9 @@ def decode_bytes(data: tf.Tensor, channels: int) -> tf.Tensor:
     return image
 
 
-def make_loader(image_size: tuple[int, int], channels: int, resize: str = "stretch",
-                from_bytes: bool = False):  # fmt: skip
+def make_loader(
+    image_size: tuple[int, int], channels: int, resize: str = "stretch", from_bytes: bool = False
+):
     """A function from a file path (or encoded bytes) to a uint8 image of ``image_size``;
     images already at that size (CIFAR's 32x32 JPEGs) skip the resize."""
     resizer = make_resizer(image_size, resize)
@@ -157,10 +161,18 @@ def make_dataset(
     )
     if records is not None:
         return _records_dataset(
-            records, num_classes=num_classes, image_size=image_size, channels=channels,
-            batch_size=batch_size, training=training, augmenter=augmenter, resize=resize,
-            cache=cache, seed=seed, class_weights=class_weights,
-        )  # fmt: skip
+            records,
+            num_classes=num_classes,
+            image_size=image_size,
+            channels=channels,
+            batch_size=batch_size,
+            training=training,
+            augmenter=augmenter,
+            resize=resize,
+            cache=cache,
+            seed=seed,
+            class_weights=class_weights,
+        )
     size_bytes = n * image_size[0] * image_size[1] * channels
     cached = cache == "memory" or (cache == "auto" and size_bytes <= CACHE_LIMIT_BYTES)
     # Every image travels with its index: its position in the (permuted) split.
@@ -178,28 +190,9 @@ def make_dataset(
 
             ds = ds.map(prepare, num_parallel_calls=AUTOTUNE)
     else:
-        h, w = image_size
-        load_one = make_loader(image_size, channels, resize)
-
-        def load(ps, ys, idx):
-            spec = tf.TensorSpec([h, w, channels], tf.uint8)
-            return tf.map_fn(load_one, ps, fn_output_signature=spec), ys, idx
-
-        ds = tf.data.Dataset.from_tensor_slices((paths.astype(str), labels, index))
-        if training and not cached:
-            # Streaming (not cached): the file list itself is reshuffled every epoch, a
-            # buffer of names rather than decoded images, so the first batch does not wait
-            # for thousands of decodes and memory does not grow with the image size.
-            per_name = 64 + int(np.mean([len(str(p)) for p in paths[:1000]])) if n else 64
-            names = max(1, min(n, SHUFFLE_BUFFER_BYTES // per_name))
-            ds = ds.shuffle(names, seed=seed, reshuffle_each_iteration=True)
-        # Files are decoded DECODE_BATCH at a time: tf.data's per-element cost is
-        # larger than decoding one small JPEG, so batching the decode map (and
-        # unbatching after) roughly doubles the first epoch's images/s on CIFAR.
-        ds = ds.batch(DECODE_BATCH).map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
-        # A safety net behind the pre-flight scan: a file that changed since the
-        # scan drops its decode batch (with a warning) instead of killing an epoch.
-        ds = ds.ignore_errors(log_warning=True).unbatch()
+        ds = _file_elements(
+            paths, labels, index, image_size, channels, resize, training and not cached, seed
+        )
     if cached:
         ds = ds.cache()
     if training and (cached or images is not None):
@@ -208,17 +201,65 @@ def make_dataset(
         # above then keeps batches mixed).
         full = size_bytes <= FULL_SHUFFLE_BYTES
         per_image = max(1, size_bytes // max(1, n))
-        ds = ds.shuffle(n if full else max(1, min(n, SHUFFLE_BUFFER_BYTES // per_image)),
-                        seed=seed, reshuffle_each_iteration=True)  # fmt: skip
+        ds = ds.shuffle(
+            n if full else max(1, min(n, SHUFFLE_BUFFER_BYTES // per_image)),
+            seed=seed,
+            reshuffle_each_iteration=True,
+        )
     if not needs_index:
         ds = ds.map(lambda img, y, i: (img, y), num_parallel_calls=AUTOTUNE)
-    return _finish(ds, batch_size=batch_size, training=training, augmenter=augmenter,
-                   needs_index=needs_index, num_classes=num_classes,
-                   class_weights=class_weights)  # fmt: skip
+    return _finish(
+        ds,
+        batch_size=batch_size,
+        training=training,
+        augmenter=augmenter,
+        needs_index=needs_index,
+        num_classes=num_classes,
+        class_weights=class_weights,
+    )
 
 
-def _records_dataset(records, *, num_classes, image_size, channels, batch_size, training,
-                     augmenter, resize, cache, seed, class_weights) -> tf.data.Dataset:  # fmt: skip
+def _file_elements(paths, labels, index, image_size, channels, resize, stream_shuffle, seed):
+    """(image, label, index) elements decoded from files, DECODE_BATCH files per call."""
+    n = len(labels)
+    h, w = image_size
+    load_one = make_loader(image_size, channels, resize)
+
+    def load(ps, ys, idx):
+        spec = tf.TensorSpec([h, w, channels], tf.uint8)
+        return tf.map_fn(load_one, ps, fn_output_signature=spec), ys, idx
+
+    ds = tf.data.Dataset.from_tensor_slices((paths.astype(str), labels, index))
+    if stream_shuffle:
+        # Streaming (not cached): the file list itself is reshuffled every epoch, a
+        # buffer of names rather than decoded images, so the first batch does not wait
+        # for thousands of decodes and memory does not grow with the image size.
+        per_name = 64 + int(np.mean([len(str(p)) for p in paths[:1000]])) if n else 64
+        names = max(1, min(n, SHUFFLE_BUFFER_BYTES // per_name))
+        ds = ds.shuffle(names, seed=seed, reshuffle_each_iteration=True)
+    # Files are decoded DECODE_BATCH at a time: tf.data's per-element cost is
+    # larger than decoding one small JPEG, so batching the decode map (and
+    # unbatching after) roughly doubles the first epoch's images/s on CIFAR.
+    ds = ds.batch(DECODE_BATCH).map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    # A safety net behind the pre-flight scan: a file that changed since the
+    # scan drops its decode batch (with a warning) instead of killing an epoch.
+    return ds.ignore_errors(log_warning=True).unbatch()
+
+
+def _records_dataset(
+    records,
+    *,
+    num_classes,
+    image_size,
+    channels,
+    batch_size,
+    training,
+    augmenter,
+    resize,
+    cache,
+    seed,
+    class_weights,
+) -> tf.data.Dataset:
     """The pipeline over packed TFRecords (``records``: a RecordSplit).
 
     Decoding and resizing are the folder path's (:func:`make_loader`), on the
@@ -253,13 +294,22 @@ def _records_dataset(records, *, num_classes, image_size, channels, batch_size, 
         if training:
             full = size_bytes <= FULL_SHUFFLE_BYTES
             per_image = h * w * channels
-            ds = ds.shuffle(n if full else max(1, min(n, SHUFFLE_BUFFER_BYTES // per_image)),
-                            seed=seed, reshuffle_each_iteration=True)  # fmt: skip
+            ds = ds.shuffle(
+                n if full else max(1, min(n, SHUFFLE_BUFFER_BYTES // per_image)),
+                seed=seed,
+                reshuffle_each_iteration=True,
+            )
     if not needs_index:
         ds = ds.map(lambda img, y, i: (img, y), num_parallel_calls=AUTOTUNE)
-    return _finish(ds, batch_size=batch_size, training=training, augmenter=augmenter,
-                   needs_index=needs_index, num_classes=num_classes,
-                   class_weights=class_weights)  # fmt: skip
+    return _finish(
+        ds,
+        batch_size=batch_size,
+        training=training,
+        augmenter=augmenter,
+        needs_index=needs_index,
+        num_classes=num_classes,
+        class_weights=class_weights,
+    )
 
 
 def _finish(ds, *, batch_size, training, augmenter, needs_index, num_classes, class_weights):

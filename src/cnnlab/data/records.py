@@ -94,12 +94,26 @@ class RecordSplit:
         if len(self.files) >= num_workers:
             files, counts = self.files[index::num_workers], self.counts[index::num_workers]
             share = sum(counts) / max(1, sum(self.counts))
-            return replace(self, files=files, counts=counts, bytes=int(self.bytes * share),
-                           num_workers=num_workers, worker_index=index, by_file=True)  # fmt: skip
+            return replace(
+                self,
+                files=files,
+                counts=counts,
+                bytes=int(self.bytes * share),
+                num_workers=num_workers,
+                worker_index=index,
+                by_file=True,
+            )
         return replace(self, num_workers=num_workers, worker_index=index, by_file=False)
 
-    def dataset(self, *, training: bool = False, seed: int = 0, parallel: int = 0,
-                shuffle_buffer: int = 0, batch: int = 0):  # fmt: skip
+    def dataset(
+        self,
+        *,
+        training: bool = False,
+        seed: int = 0,
+        parallel: int = 0,
+        shuffle_buffer: int = 0,
+        batch: int = 0,
+    ):
         """``tf.data`` pipeline of ``(encoded image bytes, label, index within split)``.
 
         Training: shard order reshuffled every epoch (seeded), ``CYCLE_LENGTH``
@@ -129,8 +143,9 @@ class RecordSplit:
             ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         # Records are parsed many per call (per-record parsing costs more than decoding a
         # small JPEG), then split up again unless batches were asked for.
-        ds = ds.batch(batch or 256).map(_parse, num_parallel_calls=tf.data.AUTOTUNE,
-                                        deterministic=True)  # fmt: skip
+        ds = ds.batch(batch or 256).map(
+            _parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
         if self.rows is not None:
             keep = np.zeros(sum(self.counts), bool)
             keep[self.rows] = True

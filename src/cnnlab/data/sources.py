@@ -23,8 +23,15 @@ from cnnlab.data.records import RecordIndex, is_packed, read_index
 from cnnlab.data.scan import IMAGE_EXTENSIONS
 from cnnlab.errors import DataError
 
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                 "validation": "val", "test": "test", "testing": "test"}  # fmt: skip
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 @dataclass
@@ -181,8 +188,9 @@ def _folder_source(spec: str, root: Path) -> Source:
             paths += files
             labels += [class_names.index(name)] * len(files)
             parts += [part] * len(files)
-    return Source(spec, class_names, np.array(labels, np.int64), np.array(parts),
-                  paths=np.array(paths))  # fmt: skip
+    return Source(
+        spec, class_names, np.array(labels, np.int64), np.array(parts), paths=np.array(paths)
+    )
 
 
 def _csv_source(spec: str, path: Path) -> Source:
@@ -230,5 +238,10 @@ def _csv_source(spec: str, path: Path) -> Source:
         )
     class_names = sorted(set(labels))
     index = {n: i for i, n in enumerate(class_names)}
-    return Source(spec, class_names, np.array([index[lab] for lab in labels], np.int64),
-                  np.array(parts), paths=np.array(paths))  # fmt: skip
+    return Source(
+        spec,
+        class_names,
+        np.array([index[lab] for lab in labels], np.int64),
+        np.array(parts),
+        paths=np.array(paths),
+    )

@@ -149,6 +149,8 @@ def _packed_split(source: Source) -> Split:
     logging.getLogger("cnnlab").info(
         "Using the split stored when the data were packed: %d train, %d val, %d test "
         "(--val-split and --test-split do not apply to tfrecord: data)",
-        counts["train"], counts["val"], counts["test"],
-    )  # fmt: skip
+        counts["train"],
+        counts["val"],
+        counts["test"],
+    )
     return split

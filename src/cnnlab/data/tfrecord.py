@@ -95,9 +95,16 @@ def pack(
     tmp = Path(tempfile.mkdtemp(prefix=f".{to.name}.packing-", dir=to.parent))
     try:
         written, checksum = _write_shards(
-            tmp, source, split.assignment, root, shards, image_size and size, channels, resize,
+            tmp,
+            source,
+            split.assignment,
+            root,
+            shards,
+            image_size and size,
+            channels,
+            resize,
             quiet,
-        )  # fmt: skip
+        )
         names = _relative_names(source, root)
         buf = io.StringIO()
         w = csv.writer(buf)
@@ -106,9 +113,18 @@ def pack(
             w.writerow([i, p, source.class_names[y], s])
         write_text(tmp / SPLIT_FILE, buf.getvalue())
         findings = _check(source, split, tmp, quiet) if check else None
-        index = _index(source, split.assignment, written, checksum, size, channels, skipped,
-                       resized=image_size is not None, resize=resize,
-                       split_args=(val_split, test_split, seed))  # fmt: skip
+        index = _index(
+            source,
+            split.assignment,
+            written,
+            checksum,
+            size,
+            channels,
+            skipped,
+            resized=image_size is not None,
+            resize=resize,
+            split_args=(val_split, test_split, seed),
+        )
         index["check"] = findings
         write_json(tmp / INDEX_FILE, index)
         _put_in_place(tmp, to)
@@ -117,9 +133,13 @@ def pack(
         raise
     log.info(
         "Packed %d images (%s) into %s: %d shards, %.1f MB, in %.1f s",
-        len(source), ", ".join(f"{index['counts'][s]} {s}" for s in SPLITS), to,
-        sum(len(v) for v in written.values()), index["bytes"] / 1e6, time.monotonic() - start,
-    )  # fmt: skip
+        len(source),
+        ", ".join(f"{index['counts'][s]} {s}" for s in SPLITS),
+        to,
+        sum(len(v) for v in written.values()),
+        index["bytes"] / 1e6,
+        time.monotonic() - start,
+    )
     return index
 
 
@@ -186,8 +206,9 @@ def _without_bad_files(source: Source, quiet: bool) -> tuple[Source, list[str], 
     bad = [f"{i.path}: {i.problem}" for i in infos if not i.ok]
     if bad:
         log.warning("Leaving out %d undecodable file(s), e.g. %s", len(bad), bad[0])
-    source = Source(source.spec, source.class_names, source.labels[ok], source.parts[ok],
-                    paths=source.paths[ok])  # fmt: skip
+    source = Source(
+        source.spec, source.class_names, source.labels[ok], source.parts[ok], paths=source.paths[ok]
+    )
     return source, bad, [i for i in infos if i.ok]
 
 
@@ -298,18 +319,29 @@ def _example(image: bytes, label: int, path: str, split: str, index: int) -> byt
     def i(v):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
 
-    features = {"image": b(image), "label": i(label), "path": b(path.encode()),
-                "split": b(split.encode()), "index": i(int(index))}  # fmt: skip
+    features = {
+        "image": b(image),
+        "label": i(label),
+        "path": b(path.encode()),
+        "split": b(split.encode()),
+        "index": i(int(index)),
+    }
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
 
-def _index(source, assignment, written, checksum, size, channels, skipped, *, resized, resize,
-           split_args) -> dict:  # fmt: skip
+def _index(
+    source, assignment, written, checksum, size, channels, skipped, *, resized, resize, split_args
+) -> dict:
     per_class = {
-        s: {n: int(c) for n, c in zip(source.class_names, np.bincount(
-            source.labels[assignment == s], minlength=source.num_classes))}
+        s: {
+            n: int(c)
+            for n, c in zip(
+                source.class_names,
+                np.bincount(source.labels[assignment == s], minlength=source.num_classes),
+            )
+        }
         for s in SPLITS
-    }  # fmt: skip
+    }
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION,

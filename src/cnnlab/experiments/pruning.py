@@ -40,6 +40,8 @@ class PruningCallback(keras.callbacks.Callback):
         last = epoch + 1 >= int(self.params.get("epochs") or 0)
         if not last and self.trial.should_prune():  # the last epoch's result is a whole trial
             self.pruned_at = epoch + 1
-            self.reason = (f"pruned after epoch {epoch + 1}: {self.metric} {value:.4f} "
-                           f"is behind the other trials at this epoch")  # fmt: skip
+            self.reason = (
+                f"pruned after epoch {epoch + 1}: {self.metric} {value:.4f} "
+                f"is behind the other trials at this epoch"
+            )
             self.model.stop_training = True

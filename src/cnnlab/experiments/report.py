@@ -56,15 +56,19 @@ def _rows(study, spec: SweepSpec) -> list[dict[str, Any]]:
                 t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
             )
         )
-        rows.append({
-            "trial": t.number, "state": t.state.name, "value": value,
-            "test_accuracy": t.user_attrs.get("test_accuracy"),
-            "epochs": len(t.intermediate_values),
-            "params": {p.name: t.params.get(p.name) for p in spec.params},
-            "run_dir": t.user_attrs.get("run_dir", ""),
-            "curve": [t.intermediate_values[k] for k in sorted(t.intermediate_values)],
-            "retry_of": t.system_attrs.get("failed_trial"),
-        })  # fmt: skip
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "value": value,
+                "test_accuracy": t.user_attrs.get("test_accuracy"),
+                "epochs": len(t.intermediate_values),
+                "params": {p.name: t.params.get(p.name) for p in spec.params},
+                "run_dir": t.user_attrs.get("run_dir", ""),
+                "curve": [t.intermediate_values[k] for k in sorted(t.intermediate_values)],
+                "retry_of": t.system_attrs.get("failed_trial"),
+            }
+        )
     return rows
 
 
@@ -74,8 +78,17 @@ def write_trials_csv(study, spec: SweepSpec, path: Path) -> None:
     names = [p.name for p in spec.params]
     w.writerow(["trial", "state", spec.metric, "test_accuracy", "epochs", *names, "run_dir"])
     for r in _rows(study, spec):
-        w.writerow([r["trial"], r["state"], _num(r["value"]), _num(r["test_accuracy"]),
-                    r["epochs"], *[r["params"][n] for n in names], r["run_dir"]])  # fmt: skip
+        w.writerow(
+            [
+                r["trial"],
+                r["state"],
+                _num(r["value"]),
+                _num(r["test_accuracy"]),
+                r["epochs"],
+                *[r["params"][n] for n in names],
+                r["run_dir"],
+            ]
+        )
     write_text(path, buf.getvalue())
 
 
@@ -97,14 +110,29 @@ def _trials_table(rows, spec: SweepSpec, best: int | None) -> str:
         state = r["state"].lower()
         if r["retry_of"] is not None:
             state += f" (retry of {r['retry_of']})"
-        body.append([r["trial"], state, _num(r["value"]), _num(r["test_accuracy"]), r["epochs"],
-                     *[_fmt(r["params"][n]) for n in names], Path(r["run_dir"]).name])  # fmt: skip
+        body.append(
+            [
+                r["trial"],
+                state,
+                _num(r["value"]),
+                _num(r["test_accuracy"]),
+                r["epochs"],
+                *[_fmt(r["params"][n]) for n in names],
+                Path(r["run_dir"]).name,
+            ]
+        )
         classes.append("total" if r["trial"] == best else "")
     table = _html.table(headers, body, numeric=(0, 2, 3, 4), row_classes=classes)
     table = table.replace("<table>", '<table class="sortable">', 1)
-    return (_html.note("Click a column header to sort (again to reverse). The best trial is "
-                       "in bold; pruned trials stopped early, failed ones were interrupted or "
-                       "raised an error.") + f'<div class="scroll">{table}</div>' + SORT_JS)  # fmt: skip
+    return (
+        _html.note(
+            "Click a column header to sort (again to reverse). The best trial is "
+            "in bold; pruned trials stopped early, failed ones were interrupted or "
+            "raised an error."
+        )
+        + f'<div class="scroll">{table}</div>'
+        + SORT_JS
+    )
 
 
 def _figure(width=7.0, height=3.6):
@@ -121,11 +149,15 @@ def _progress_png(rows, spec: SweepSpec) -> bytes:
     best_so_far, running = [], None
     better = (lambda a, b: a < b) if spec.direction == "minimize" else (lambda a, b: a > b)
     for state, marker in (("COMPLETE", "o"), ("PRUNED", "x"), ("FAIL", "v")):
-        pts = [(r["trial"], r["value"]) for r in rows if r["state"] == state
-               and r["value"] is not None and not math.isnan(r["value"])]  # fmt: skip
+        pts = [
+            (r["trial"], r["value"])
+            for r in rows
+            if r["state"] == state and r["value"] is not None and not math.isnan(r["value"])
+        ]
         if pts:
-            ax.scatter(*zip(*pts), marker=marker, color=STATE_COLOURS[state],
-                       label=state.lower(), zorder=3)  # fmt: skip
+            ax.scatter(
+                *zip(*pts), marker=marker, color=STATE_COLOURS[state], label=state.lower(), zorder=3
+            )
     for r in rows:
         if r["state"] == "COMPLETE" and r["value"] is not None:
             if running is None or better(r["value"], running):
@@ -165,19 +197,24 @@ def _importances(study) -> dict[str, float] | None:
 def _importance_html(study) -> str:
     imp = _importances(study)
     if not imp:
-        return _html.note("Parameter importances need at least three complete trials whose "
-                          "parameters differ.")  # fmt: skip
+        return _html.note(
+            "Parameter importances need at least three complete trials whose parameters differ."
+        )
     fig, ax = _figure(7.0, 0.5 + 0.4 * len(imp))
     names = list(imp)[::-1]
     ax.barh(names, [imp[n] for n in names], color="#0969da")
     ax.set_xlabel("importance (PED-ANOVA, normalised to sum to 1)")
     fig.tight_layout()
     rows = [[n, f"{v:.3f}"] for n, v in imp.items()]
-    return (_html.note("How much each parameter decides whether a trial is among the best: "
-                       "Optuna's PED-ANOVA evaluator compares each parameter's values in the "
-                       "top trials with those of all complete trials.")
-            + _html.img(_html.fig_png(fig), "parameter importances")
-            + _html.table(["parameter", "importance"], rows, numeric=(1,)))  # fmt: skip
+    return (
+        _html.note(
+            "How much each parameter decides whether a trial is among the best: "
+            "Optuna's PED-ANOVA evaluator compares each parameter's values in the "
+            "top trials with those of all complete trials."
+        )
+        + _html.img(_html.fig_png(fig), "parameter importances")
+        + _html.table(["parameter", "importance"], rows, numeric=(1,))
+    )
 
 
 def _slice_png(rows, param) -> bytes:
@@ -185,14 +222,24 @@ def _slice_png(rows, param) -> bytes:
     categorical = param.kind == "categorical"
     order = [str(c) for c in param.encoded_choices()] if categorical else []
     for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
-        pts = [(r["params"][param.name], r["value"]) for r in rows
-               if r["state"] == state and r["value"] is not None
-               and r["params"].get(param.name) is not None]  # fmt: skip
+        pts = [
+            (r["params"][param.name], r["value"])
+            for r in rows
+            if r["state"] == state
+            and r["value"] is not None
+            and r["params"].get(param.name) is not None
+        ]
         if not pts:
             continue
         xs = [order.index(str(x)) if categorical and str(x) in order else x for x, _ in pts]
-        ax.scatter(xs, [y for _, y in pts], marker=marker, color=STATE_COLOURS[state],
-                   label=state.lower(), alpha=0.8)  # fmt: skip
+        ax.scatter(
+            xs,
+            [y for _, y in pts],
+            marker=marker,
+            color=STATE_COLOURS[state],
+            label=state.lower(),
+            alpha=0.8,
+        )
     if categorical:
         ax.set_xticks(range(len(order)), [o[:14] for o in order], rotation=20, fontsize=8)
     elif param.log:
@@ -206,13 +253,21 @@ def _slice_png(rows, param) -> bytes:
 def _curves_png(rows, spec: SweepSpec) -> bytes:
     fig, ax = _figure()
     reverse = spec.direction == "maximize"
-    done = sorted([r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None],
-                  key=lambda r: r["value"], reverse=reverse)  # fmt: skip
+    done = sorted(
+        [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None],
+        key=lambda r: r["value"],
+        reverse=reverse,
+    )
     for r in [r for r in rows if r["state"] == "PRUNED" and r["curve"]]:
         ax.plot(range(1, len(r["curve"]) + 1), r["curve"], color="#bbbbbb", lw=1, ls="--")
     for r in done[:TOP_CURVES]:
-        ax.plot(range(1, len(r["curve"]) + 1), r["curve"], marker="o", ms=3,
-                label=f"trial {r['trial']} ({r['value']:.4f})")  # fmt: skip
+        ax.plot(
+            range(1, len(r["curve"]) + 1),
+            r["curve"],
+            marker="o",
+            ms=3,
+            label=f"trial {r['trial']} ({r['value']:.4f})",
+        )
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -230,18 +285,23 @@ def render(study, spec: SweepSpec, folder) -> str:
     from cnnlab.experiments.study import best_config
 
     rows = _rows(study, spec)
-    counts = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL",
-                                                              "RUNNING")}  # fmt: skip
+    counts = {
+        s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")
+    }
     found = best_config(study, spec)
     best = found[0] if found else None
-    tiles = [("complete", str(counts["COMPLETE"])), ("pruned", str(counts["PRUNED"])),
-             ("failed", str(counts["FAIL"]))]  # fmt: skip
+    tiles = [
+        ("complete", str(counts["COMPLETE"])),
+        ("pruned", str(counts["PRUNED"])),
+        ("failed", str(counts["FAIL"])),
+    ]
     if counts["RUNNING"]:
         tiles.append(("running", str(counts["RUNNING"])))
     if best is not None:
         tiles = [(f"best {spec.metric} (trial {best.number})", f"{best.value:.4f}")] + tiles
-    space = _html.table(["parameter", "searched over"],
-                        [[p.name, p.describe()] for p in spec.params])  # fmt: skip
+    space = _html.table(
+        ["parameter", "searched over"], [[p.name, p.describe()] for p in spec.params]
+    )
     summary = (
         _html.tiles(tiles)
         + _html.note(
@@ -253,27 +313,48 @@ def render(study, spec: SweepSpec, folder) -> str:
     if found is not None:
         cmd = "finetune" if spec.command == "finetune" else "train"
         chosen = [[p.name, _fmt(best.params.get(p.name))] for p in spec.params]
-        summary += (f"<h3>Best config</h3>{_html.note(f'Repeat it: cnnlab {cmd} -c {folder.best}')}"
-                    + _html.table(["parameter", f"trial {best.number}"], chosen)
-                    + "<details><summary>The whole resolved config (best.yaml)</summary>"
-                    f"<pre><code>{_html.esc(dump_yaml(found[1]))}</code></pre></details>")  # fmt: skip
+        summary += (
+            f"<h3>Best config</h3>{_html.note(f'Repeat it: cnnlab {cmd} -c {folder.best}')}"
+            + _html.table(["parameter", f"trial {best.number}"], chosen)
+            + "<details><summary>The whole resolved config (best.yaml)</summary>"
+            f"<pre><code>{_html.esc(dump_yaml(found[1]))}</code></pre></details>"
+        )
     slices = "".join(_html.img(_slice_png(rows, p), f"slice {p.name}") for p in spec.params)
     sections = [
         ("summary", "Summary", summary),
         ("trials", "Trials", _trials_table(rows, spec, best.number if best else None)),
-        ("progress", f"{spec.metric} by trial",
-         _html.note("Each trial's best epoch (pruned: its last epoch); the line is the best "
-                    "complete trial so far.") + _html.img(_progress_png(rows, spec), "progress")),
+        (
+            "progress",
+            f"{spec.metric} by trial",
+            _html.note(
+                "Each trial's best epoch (pruned: its last epoch); the line is the best "
+                "complete trial so far."
+            )
+            + _html.img(_progress_png(rows, spec), "progress"),
+        ),
         ("importance", "Parameter importances", _importance_html(study)),
-        ("slices", "Parameters against the metric",
-         _html.note("One slice per parameter: every trial's metric against the value it "
-                    "tried (o complete, x pruned).") + f'<div class="figs">{slices}</div>'),
-        ("curves", "Learning curves",
-         _html.note(f"{spec.metric} per epoch of the {TOP_CURVES} best complete trials; "
-                    "pruned trials dashed in grey.") + _html.img(_curves_png(rows, spec), "curves")),
-    ]  # fmt: skip
-    return _html.page(f"Sweep {spec.name}", str(folder.path), sections,
-                      footer="Written by cnnlab sweep")  # fmt: skip
+        (
+            "slices",
+            "Parameters against the metric",
+            _html.note(
+                "One slice per parameter: every trial's metric against the value it "
+                "tried (o complete, x pruned)."
+            )
+            + f'<div class="figs">{slices}</div>',
+        ),
+        (
+            "curves",
+            "Learning curves",
+            _html.note(
+                f"{spec.metric} per epoch of the {TOP_CURVES} best complete trials; "
+                "pruned trials dashed in grey."
+            )
+            + _html.img(_curves_png(rows, spec), "curves"),
+        ),
+    ]
+    return _html.page(
+        f"Sweep {spec.name}", str(folder.path), sections, footer="Written by cnnlab sweep"
+    )
 
 
 def try_write_report(study, spec: SweepSpec, folder) -> Path | None:

@@ -43,8 +43,19 @@ from cnnlab.errors import ConfigError, close_matches
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "halving", "none")
 COMMANDS = ("train", "finetune")
-TOP_KEYS = ("name", "command", "trials", "timeout", "epochs", "metric", "sampler", "pruner",
-            "seed", "base", "space")  # fmt: skip
+TOP_KEYS = (
+    "name",
+    "command",
+    "trials",
+    "timeout",
+    "epochs",
+    "metric",
+    "sampler",
+    "pruner",
+    "seed",
+    "base",
+    "space",
+)
 PRUNER_KEYS = ("type", "warmup_epochs", "startup_trials", "reduction_factor")
 RANGE_KEYS = ("low", "high", "log", "step", "type")
 MODEL_KWARGS = "model_kwargs"
@@ -183,11 +194,17 @@ def _parse_param(name: str, spec: Any, where: str) -> Param:
             f"received {spec!r}",
             fix="Write numbers like 0.001 or 1.0e-3",
         ) from None
-    kind = spec.get("type") or ("int" if isinstance(low, int) and isinstance(high, int)
-                                and (step is None or isinstance(step, int)) else "float")  # fmt: skip
+    kind = spec.get("type") or (
+        "int"
+        if isinstance(low, int)
+        and isinstance(high, int)
+        and (step is None or isinstance(step, int))
+        else "float"
+    )
     if kind not in ("int", "float"):
-        raise ConfigError(f"Search space entry '{name}' in {where} has type {kind!r}",
-                          expected="int or float")  # fmt: skip
+        raise ConfigError(
+            f"Search space entry '{name}' in {where} has type {kind!r}", expected="int or float"
+        )
     log = bool(spec.get("log", False))
     if not low < high or (log and low <= 0) or (log and step is not None):
         raise ConfigError(
@@ -195,8 +212,14 @@ def _parse_param(name: str, spec: Any, where: str) -> Param:
             expected="low < high; a log range needs low > 0 and no step",
         )
     cast = int if kind == "int" else float
-    return Param(name, kind, low=cast(low), high=cast(high), log=log,
-                 step=None if step is None else cast(step))  # fmt: skip
+    return Param(
+        name,
+        kind,
+        low=cast(low),
+        high=cast(high),
+        log=log,
+        step=None if step is None else cast(step),
+    )
 
 
 def _parse_space(space: Any, where: str, known: list[str]) -> list[Param]:
@@ -231,8 +254,9 @@ def parse_duration(value: Any, where: str) -> float | None:
         return None
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
         return float(value)
-    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*",
-                     str(value))  # fmt: skip
+    m = re.fullmatch(
+        r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", str(value)
+    )
     if m and any(m.groups()):
         h, mi, s = (float(g) if g else 0.0 for g in m.groups())
         if h * 3600 + mi * 60 + s > 0:
@@ -248,16 +272,19 @@ def _positive_int(raw: dict, key: str, where: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"Bad {key} in {where}: received {value!r}",
-                          expected="a whole number of 1 or more")  # fmt: skip
+        raise ConfigError(
+            f"Bad {key} in {where}: received {value!r}", expected="a whole number of 1 or more"
+        )
     return value
 
 
 def _parse_pruner(value: Any, where: str) -> dict[str, Any]:
     spec = {"type": value} if value is None or isinstance(value, str) else value
     if not isinstance(spec, dict):
-        raise ConfigError(f"Bad pruner in {where}: received {value!r}",
-                          expected=f"one of {', '.join(PRUNERS)}, or a mapping with `type`")  # fmt: skip
+        raise ConfigError(
+            f"Bad pruner in {where}: received {value!r}",
+            expected=f"one of {', '.join(PRUNERS)}, or a mapping with `type`",
+        )
     spec = {"type": "median", **spec}
     if spec["type"] is None or spec["type"] is False:
         spec["type"] = "none"
@@ -307,33 +334,45 @@ def parse_sweep(raw: dict[str, Any], where: str, default_name: str = "sweep") ->
     raw = {str(k).replace("-", "_"): v for k, v in raw.items()}
     command = raw.get("command", "train")
     if command not in COMMANDS:
-        raise ConfigError(f"Bad command in {where}: received {command!r}",
-                          expected="train or finetune")  # fmt: skip
+        raise ConfigError(
+            f"Bad command in {where}: received {command!r}", expected="train or finetune"
+        )
     base = raw.get("base") or {}
     if not isinstance(base, dict):
-        raise ConfigError(f"`base:` in {where} is not a mapping",
-                          expected="config keys and values, e.g. `data: builtin:digits`")  # fmt: skip
+        raise ConfigError(
+            f"`base:` in {where} is not a mapping",
+            expected="config keys and values, e.g. `data: builtin:digits`",
+        )
     known = command_keys(command)
     params = _parse_space(raw.get("space"), where, known)
     sampler = str(raw.get("sampler", "tpe")).lower()
     if sampler not in SAMPLERS:
-        raise ConfigError(f"Bad sampler in {where}: received {sampler!r}."
-                          f"{close_matches(sampler, SAMPLERS)}",
-                          expected=f"one of {', '.join(SAMPLERS)}")  # fmt: skip
+        raise ConfigError(
+            f"Bad sampler in {where}: received {sampler!r}.{close_matches(sampler, SAMPLERS)}",
+            expected=f"one of {', '.join(SAMPLERS)}",
+        )
     name = str(raw.get("name") or default_name)
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", name):
-        raise ConfigError(f"Bad sweep name {name!r} in {where}",
-                          expected="letters, digits, '.', '_' or '-' (it names a folder)")  # fmt: skip
+        raise ConfigError(
+            f"Bad sweep name {name!r} in {where}",
+            expected="letters, digits, '.', '_' or '-' (it names a folder)",
+        )
     trials = _positive_int(raw, "trials", where)
     timeout = parse_duration(raw.get("timeout"), where)
     spec = SweepSpec(
-        name=name, base=base, params=params, command=command,
+        name=name,
+        base=base,
+        params=params,
+        command=command,
         trials=trials if trials is not None or timeout is not None else 20,
-        timeout=timeout, epochs=_positive_int(raw, "epochs", where),
-        metric=str(raw.get("metric", "val_accuracy")), sampler=sampler,
+        timeout=timeout,
+        epochs=_positive_int(raw, "epochs", where),
+        metric=str(raw.get("metric", "val_accuracy")),
+        sampler=sampler,
         pruner=_parse_pruner(raw.get("pruner", "median"), where),
-        seed=int(raw.get("seed", 0)), raw=raw,
-    )  # fmt: skip
+        seed=int(raw.get("seed", 0)),
+        raw=raw,
+    )
     if sampler == "grid":
         spec.grid_space()  # every parameter must be enumerable
     return spec

@@ -53,9 +53,12 @@ def open_storage(url: str):
             with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
-                    url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
-                    grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=RETRY,
-                )  # fmt: skip
+                    url,
+                    engine_kwargs=kwargs,
+                    heartbeat_interval=HEARTBEAT_SECONDS,
+                    grace_period=GRACE_SECONDS,
+                    heartbeat_stale_trial_callback=RETRY,
+                )
         except Exception as e:  # noqa: BLE001 - sqlalchemy's OperationalError, re-raised below
             # Workers starting together on a new database all create its tables; the
             # losers find them made ("table studies already exists", "UNIQUE constraint
@@ -87,8 +90,9 @@ def make_pruner(spec: SweepSpec):
         return optuna.pruners.SuccessiveHalvingPruner(
             min_resource=max(1, warmup), reduction_factor=int(p.get("reduction_factor", 3))
         )
-    return optuna.pruners.MedianPruner(n_startup_trials=int(p.get("startup_trials", 3)),
-                                       n_warmup_steps=warmup)  # fmt: skip
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=int(p.get("startup_trials", 3)), n_warmup_steps=warmup
+    )
 
 
 def study_identity(spec: SweepSpec) -> dict[str, Any]:
@@ -107,9 +111,13 @@ def load_study(spec: SweepSpec, storage_url: str, seed: int | None = None):
         if joined:  # another worker (or an earlier run) drew the first samples from this seed
             seed = spec.seed + 1000 * (os.getpid() % 1000) + 7
     study = optuna.create_study(
-        storage=storage, study_name=spec.name, direction=spec.direction,
-        sampler=make_sampler(spec, seed), pruner=make_pruner(spec), load_if_exists=True,
-    )  # fmt: skip
+        storage=storage,
+        study_name=spec.name,
+        direction=spec.direction,
+        sampler=make_sampler(spec, seed),
+        pruner=make_pruner(spec),
+        load_if_exists=True,
+    )
     identity = study_identity(spec)
     stored = study.user_attrs.get("sweep")
     if stored is None:
@@ -159,9 +167,13 @@ def recover_dead_trials(study) -> list[int]:
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker got there first
         RETRY(study, study._storage.get_trial(t._trial_id))
-        log.warning("Trial %d was interrupted (its worker %s is gone): marked failed, "
-                    "its parameters are queued again (%d retries at most)", t.number, worker,
-                    RETRIES)  # fmt: skip
+        log.warning(
+            "Trial %d was interrupted (its worker %s is gone): marked failed, "
+            "its parameters are queued again (%d retries at most)",
+            t.number,
+            worker,
+            RETRIES,
+        )
         recovered.append(t.number)
     with warnings.catch_warnings():  # "experimental" since Optuna 2.9, and what it is for
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -171,8 +183,11 @@ def recover_dead_trials(study) -> list[int]:
 
 def best_config(study, spec: SweepSpec) -> tuple[Any, dict[str, Any]] | None:
     """The best complete trial and its resolved config (placement keys dropped)."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and "config" in t.user_attrs]  # fmt: skip
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None and "config" in t.user_attrs
+    ]
     if not done:
         return None
     pick = min if spec.direction == "minimize" else max

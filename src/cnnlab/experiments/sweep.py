@@ -126,8 +126,10 @@ def sweep(
     _setup_logging(verbose)
     if resume is not None:
         if config is not None:
-            raise ConfigError("--resume continues a sweep with its own sweep.yaml; "
-                              "it cannot also take -c", fix="Drop -c")  # fmt: skip
+            raise ConfigError(
+                "--resume continues a sweep with its own sweep.yaml; it cannot also take -c",
+                fix="Drop -c",
+            )
         folder = SweepFolder.open(resume)
         spec = load_sweep(folder.spec)
         info = read_json(folder.info)
@@ -135,7 +137,9 @@ def sweep(
             if info.get("storage_redacted"):
                 raise ConfigError(
                     f"The sweep {folder.path} keeps its study in {info['storage']}, whose "
-                    "password is not stored", fix="Pass --storage with the full URL")  # fmt: skip
+                    "password is not stored",
+                    fix="Pass --storage with the full URL",
+                )
             storage = info.get("storage") or folder.default_storage
     else:
         spec = _read_spec(config)
@@ -151,21 +155,37 @@ def sweep(
         folder.path.mkdir(parents=True)
         write_text(folder.spec, yaml.safe_dump(spec.raw, sort_keys=False))
         shown = redact(storage) if storage else None
-        write_json(folder.info, {
-            "name": spec.name, "storage": shown, "storage_redacted": bool(storage and shown != storage),
-            "created": time.strftime("%Y-%m-%d %H:%M:%S"), "command": spec.command,
-        })  # fmt: skip
+        write_json(
+            folder.info,
+            {
+                "name": spec.name,
+                "storage": shown,
+                "storage_redacted": bool(storage and shown != storage),
+                "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": spec.command,
+            },
+        )
         storage = storage or folder.default_storage
     study = load_study(spec, storage)
-    log.info("Sweep %s: study '%s' in %s, %s sampler, %s pruner, metric %s (%s)", folder.path,
-             spec.name, redact(storage), spec.sampler, spec.pruner["type"], spec.metric,
-             spec.direction)  # fmt: skip
+    log.info(
+        "Sweep %s: study '%s' in %s, %s sampler, %s pruner, metric %s (%s)",
+        folder.path,
+        spec.name,
+        redact(storage),
+        spec.sampler,
+        spec.pruner["type"],
+        spec.metric,
+        spec.direction,
+    )
     try:
         _run_trials(study, spec, folder, storage, verbose)
     except KeyboardInterrupt:
         _requeue_interrupted(study)
-        log.warning("Interrupted. Finished trials are kept in the study; continue with: "
-                    "cnnlab sweep --resume %s", folder.path)  # fmt: skip
+        log.warning(
+            "Interrupted. Finished trials are kept in the study; continue with: "
+            "cnnlab sweep --resume %s",
+            folder.path,
+        )
         _finish(study, spec, folder)
         raise
     return _finish(study, spec, folder)
@@ -181,8 +201,10 @@ def _requeue_interrupted(study) -> None:
     for t in study.get_trials(deepcopy=False):
         mine = t.user_attrs.get("worker") == worker_id()
         if mine and t.state == TrialState.FAIL and t.user_attrs.get("interrupted"):
-            if not any(x.system_attrs.get("retry_history", [None])[-1] == t.number
-                       for x in study.get_trials(deepcopy=False)):  # fmt: skip
+            if not any(
+                x.system_attrs.get("retry_history", [None])[-1] == t.number
+                for x in study.get_trials(deepcopy=False)
+            ):
                 RETRY(study, t)
 
 
@@ -235,8 +257,9 @@ def _run_trials(study, spec: SweepSpec, folder: SweepFolder, storage: str, verbo
             return
         errors.clear()
         study.optimize(objective, n_trials=1, catch=(Exception,))
-        mine = [t for t in study.get_trials(deepcopy=False)
-                if t.user_attrs.get("worker") == worker_id()]  # fmt: skip
+        mine = [
+            t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == worker_id()
+        ]
         if mine and mine[-1].state == TrialState.FAIL and errors:
             failures += 1
             e = errors[-1]
@@ -262,8 +285,11 @@ def _objective(trial, spec: SweepSpec, folder: SweepFolder, storage: str, verbos
     values = suggest(trial, spec)
     config = trial_config(spec, values)
     # verbose 2 shows each trial's epochs; below that, one line per trial
-    config.update(runs_dir=str(folder.trials.resolve()), name=f"trial-{trial.number:04d}",
-                  verbose=2 if verbose >= 2 else 0)  # fmt: skip
+    config.update(
+        runs_dir=str(folder.trials.resolve()),
+        name=f"trial-{trial.number:04d}",
+        verbose=2 if verbose >= 2 else 0,
+    )
     trial.set_user_attr("run_dir", str((folder.trials / config["name"]).resolve()))
     log.info("Trial %d: %s", trial.number, ", ".join(f"{k}={v}" for k, v in values.items()))
     out = _run_in_process(trial, spec, config, storage)
@@ -294,17 +320,28 @@ def _run_in_process(trial, spec: SweepSpec, config: dict, storage: str) -> dict[
 
     with tempfile.TemporaryDirectory(prefix="cnnlab-trial-") as tmp:
         request, result = Path(tmp) / "request.json", Path(tmp) / "result.json"
-        write_json(request, {
-            "sweep": spec.raw, "storage": storage, "trial_id": trial._trial_id,
-            "config": config, "result": str(result), "parent": os.getpid(),
-        })  # fmt: skip
-        proc = subprocess.run([sys.executable, "-m", "cnnlab.experiments.trial", str(request)],
-                              stdin=subprocess.DEVNULL)  # fmt: skip
+        write_json(
+            request,
+            {
+                "sweep": spec.raw,
+                "storage": storage,
+                "trial_id": trial._trial_id,
+                "config": config,
+                "result": str(result),
+                "parent": os.getpid(),
+            },
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "cnnlab.experiments.trial", str(request)],
+            stdin=subprocess.DEVNULL,
+        )
         if proc.returncode == 130 or proc.returncode == -2:
             raise KeyboardInterrupt
         if not result.is_file():
-            return {"error": f"the trial's process ended with exit status {proc.returncode}",
-                    "type": "RunError"}  # fmt: skip
+            return {
+                "error": f"the trial's process ended with exit status {proc.returncode}",
+                "type": "RunError",
+            }
         return read_json(result)
 
 
@@ -318,18 +355,32 @@ def _finish(study, spec: SweepSpec, folder: SweepFolder) -> SweepResult:
     if found is not None:
         best, config = found
         cmd = "finetune" if spec.command == "finetune" else "train"
-        header = (f"# Best trial {best.number} of sweep '{spec.name}': {spec.metric} "
-                  f"{best.value:.4f}\n# Repeat it: cnnlab {cmd} -c best.yaml\n")  # fmt: skip
+        header = (
+            f"# Best trial {best.number} of sweep '{spec.name}': {spec.metric} "
+            f"{best.value:.4f}\n# Repeat it: cnnlab {cmd} -c best.yaml\n"
+        )
         best_path = write_text(folder.best, header + dump_yaml(config))
     write_trials_csv(study, spec, folder.csv)
     report = try_write_report(study, spec, folder)
     finished = count(study, FINISHED)
     if found is not None:
-        log.info("Best trial %d: %s %.4f; config %s", found[0].number, spec.metric,
-                 found[0].value, best_path)  # fmt: skip
+        log.info(
+            "Best trial %d: %s %.4f; config %s",
+            found[0].number,
+            spec.metric,
+            found[0].value,
+            best_path,
+        )
     log.info("Sweep folder: %s (%d finished trials)", folder.path, finished)
-    return SweepResult(folder.path, study, finished, found[0].number if found else None,
-                       found[0].value if found else None, best_path, report)  # fmt: skip
+    return SweepResult(
+        folder.path,
+        study,
+        finished,
+        found[0].number if found else None,
+        found[0].value if found else None,
+        best_path,
+        report,
+    )
 
 
 def _setup_logging(verbose: int) -> None:

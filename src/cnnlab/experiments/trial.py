@@ -53,8 +53,12 @@ def run_trial(request: dict[str, Any]) -> dict[str, Any]:
             {"connect_args": {"timeout": 60}} if request["storage"].startswith("sqlite") else {}
         ),
     )
-    study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec),
-                              sampler=optuna.samplers.RandomSampler())  # fmt: skip
+    study = optuna.load_study(
+        study_name=spec.name,
+        storage=storage,
+        pruner=make_pruner(spec),
+        sampler=optuna.samplers.RandomSampler(),
+    )
     trial = optuna.trial.Trial(study, request["trial_id"])
     pruning = PruningCallback(trial, spec.metric)
     run = fine_tune if spec.command == "finetune" else train

@@ -59,16 +59,27 @@ def parse_formats(formats) -> list[str]:
         return list(FORMATS)
     unknown = [n for n in names if n not in FORMATS]
     if unknown or not names:
-        raise ConfigError(f"Unknown export format(s): {', '.join(unknown) or '(none)'}",
-                          expected=f"all or any of {', '.join(FORMATS)}",
-                          fix="Pass e.g. --format onnx or --format tflite,tflite-int8")  # fmt: skip
+        raise ConfigError(
+            f"Unknown export format(s): {', '.join(unknown) or '(none)'}",
+            expected=f"all or any of {', '.join(FORMATS)}",
+            fix="Pass e.g. --format onnx or --format tflite,tflite-int8",
+        )
     return [f for f in FORMATS if f in names]
 
 
 def _versions() -> dict:
     out = {}
-    for pkg in ("cnnlab", "tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx",
-                "onnxruntime", "ai-edge-litert", "numpy"):  # fmt: skip
+    for pkg in (
+        "cnnlab",
+        "tensorflow-cpu",
+        "tensorflow",
+        "keras",
+        "tf2onnx",
+        "onnx",
+        "onnxruntime",
+        "ai-edge-litert",
+        "numpy",
+    ):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -95,10 +106,19 @@ def _input_entry(fmt: str, extra: dict) -> dict:
     return {"dtype": "float32", "quantization": None}
 
 
-def export_keras(model, output: str | os.PathLike, formats="all", *, class_names: list[str],
-                 images: np.ndarray, labels: np.ndarray | None = None,
-                 representative: np.ndarray | None = None, resize: str = "stretch",
-                 info: dict | None = None, thresholds: dict | None = None) -> ExportResult:  # fmt: skip
+def export_keras(
+    model,
+    output: str | os.PathLike,
+    formats="all",
+    *,
+    class_names: list[str],
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    representative: np.ndarray | None = None,
+    resize: str = "stretch",
+    info: dict | None = None,
+    thresholds: dict | None = None,
+) -> ExportResult:
     """Export a loaded Keras model, checking each artifact on ``images`` (uint8 NHWC).
 
     ``representative`` (uint8 images, by default ``images``) calibrates int8.
@@ -109,20 +129,31 @@ def export_keras(model, output: str | os.PathLike, formats="all", *, class_names
     out.mkdir(parents=True, exist_ok=True)
     x = np.asarray(images, np.float32)
     if len(x) == 0:
-        raise DataError("No images to check the exported models on",
-                        fix="Pass --data with labelled images")  # fmt: skip
-    reference = np.concatenate([np.asarray(model(x[i:i + 64], training=False), np.float64)
-                                for i in range(0, len(x), 64)])  # fmt: skip
+        raise DataError(
+            "No images to check the exported models on", fix="Pass --data with labelled images"
+        )
+    reference = np.concatenate(
+        [np.asarray(model(x[i : i + 64], training=False), np.float64) for i in range(0, len(x), 64)]
+    )
     rep = x if representative is None else np.asarray(representative, np.float32)
     shape = [None, *[int(v) for v in model.input_shape[1:]]]
     manifest = read_json(out / MANIFEST) if (out / MANIFEST).is_file() else {}
-    manifest.update({
-        "cnnlab_export": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "class_names": list(class_names), "input_shape": shape, "input_range": [0, 255],
-        "channels": shape[-1], "image_size": shape[1:3], "resize": resize,
-        "output": "probabilities (softmax), float32, one per class in class_names order",
-        "versions": _versions(), "parity_images": len(x), **(info or {}),
-    })  # fmt: skip
+    manifest.update(
+        {
+            "cnnlab_export": 1,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "class_names": list(class_names),
+            "input_shape": shape,
+            "input_range": [0, 255],
+            "channels": shape[-1],
+            "image_size": shape[1:3],
+            "resize": resize,
+            "output": "probabilities (softmax), float32, one per class in class_names order",
+            "versions": _versions(),
+            "parity_images": len(x),
+            **(info or {}),
+        }
+    )
     artifacts = manifest.setdefault("artifacts", {})
     failed = []
     write_bytes(out / LABELS, ("\n".join(class_names) + "\n").encode())
@@ -137,32 +168,47 @@ def export_keras(model, output: str | os.PathLike, formats="all", *, class_names
         except Exception as e:  # noqa: BLE001 - the converter's reason, in one sentence
             if isinstance(e, ModelError):
                 raise
-            raise ModelError(f"Exporting {model.name} to {fmt} failed ({type(e).__name__}: "
-                             f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''})",
-                             fix="Run with CNNLAB_DEBUG=1 for the traceback; other formats "
-                             "can be exported with --format") from e  # fmt: skip
+            raise ModelError(
+                f"Exporting {model.name} to {fmt} failed ({type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0][:300] if str(e).strip() else ''})",
+                fix="Run with CNNLAB_DEBUG=1 for the traceback; other formats "
+                "can be exported with --format",
+            ) from e
         seconds = time.perf_counter() - start
         with quiet():  # LiteRT announces its XNNPACK delegate on stderr
             probs = run_artifact(fmt, path, x)
         parity = measure(fmt, probs, reference, labels, thresholds)
-        entry = {"format": fmt, "file": FILES[fmt], "bytes": _bytes(path),
-                 "input": {"shape": shape, **_input_entry(fmt, extra)}, **extra,
-                 "seconds": round(seconds, 2), "parity": parity.to_dict()}  # fmt: skip
+        entry = {
+            "format": fmt,
+            "file": FILES[fmt],
+            "bytes": _bytes(path),
+            "input": {"shape": shape, **_input_entry(fmt, extra)},
+            **extra,
+            "seconds": round(seconds, 2),
+            "parity": parity.to_dict(),
+        }
         if not parity.passed:
             _remove(path)  # a file that failed its check must not look finished
             entry["file"] = None
             failed.append(f"{fmt} ({'; '.join(parity.problems)})")
         artifacts[fmt] = entry
-        log.info("%s: %s, max|Δp| %.2e, agreement %.2f%%", fmt, FILES[fmt],
-                 parity.max_abs_diff, 100 * parity.agreement)  # fmt: skip
+        log.info(
+            "%s: %s, max|Δp| %.2e, agreement %.2f%%",
+            fmt,
+            FILES[fmt],
+            parity.max_abs_diff,
+            100 * parity.agreement,
+        )
     text = json.dumps(manifest, indent=2, default=_json_default) + "\n"
     write_bytes(out / MANIFEST, text.encode())
     result = ExportResult(out, manifest, failed)
     if failed:
-        raise ModelError(f"Export parity check failed for {', '.join(failed)}; the failing "
-                         f"file(s) were deleted, the rest are in {out}.\n{result.table()}",
-                         fix="Check the model, or for int8 pass more representative images "
-                         "(representative_images=) or a looser thresholds= in Python")  # fmt: skip
+        raise ModelError(
+            f"Export parity check failed for {', '.join(failed)}; the failing "
+            f"file(s) were deleted, the rest are in {out}.\n{result.table()}",
+            fix="Check the model, or for int8 pass more representative images "
+            "(representative_images=) or a looser thresholds= in Python",
+        )
     return result
 
 
@@ -201,22 +247,36 @@ def _run_bundle(loaded, data: str | None, data_dir: str | None):
         bundle, label_map = load_test_data(data, loaded.class_names, data_dir=data_dir, **common)
         return bundle, "test", label_map
     if loaded.run_dir is None:
-        raise DataError(f"{loaded.model_path} is not inside a run folder, so there are no "
-                        "held-out images to check the exports on",
-                        fix="Pass --data SPEC with labelled images")  # fmt: skip
+        raise DataError(
+            f"{loaded.model_path} is not inside a run folder, so there are no "
+            "held-out images to check the exports on",
+            fix="Pass --data SPEC with labelled images",
+        )
     source = open_source(cfg["data"], cfg.get("data_dir") or data_dir)
     saved = Split.load(loaded.run_dir / "split.csv", source)
-    bundle = load_data(cfg["data"], data_dir=cfg.get("data_dir") or data_dir, split=saved,
-                       scan=False, augment="none", **common)  # fmt: skip
+    bundle = load_data(
+        cfg["data"],
+        data_dir=cfg.get("data_dir") or data_dir,
+        split=saved,
+        scan=False,
+        augment="none",
+        **common,
+    )
     split = "test" if len(bundle.examples("test")["labels"]) else "val"
     return bundle, split, None
 
 
-def export_model(model_or_run, formats="all", output: str | os.PathLike | None = None, *,
-                 data: str | None = None, data_dir: str | None = None,
-                 max_images: int = MAX_PARITY_IMAGES,
-                 representative_images: int = REPRESENTATIVE_IMAGES,
-                 thresholds: dict | None = None) -> ExportResult:  # fmt: skip
+def export_model(
+    model_or_run,
+    formats="all",
+    output: str | os.PathLike | None = None,
+    *,
+    data: str | None = None,
+    data_dir: str | None = None,
+    max_images: int = MAX_PARITY_IMAGES,
+    representative_images: int = REPRESENTATIVE_IMAGES,
+    thresholds: dict | None = None,
+) -> ExportResult:
     """Export a run folder's (or ``.keras`` file's) model and check every artifact.
 
     Parity images: up to ``max_images`` of the run's held-out split (test, else
@@ -236,10 +296,13 @@ def export_model(model_or_run, formats="all", output: str | os.PathLike | None =
     seed = int(loaded.config.get("seed", 42))
     held = bundle.examples(split)["labels"]
     if len(held) == 0 or max_images < 1:
-        raise DataError(f"No held-out images to check the exported files on ({split} split of "
-                        f"{bundle.source.spec} is empty)" if len(held) == 0 else
-                        f"--max-images must be at least 1; received {max_images}",
-                        fix="Pass --data SPEC with labelled images")  # fmt: skip
+        raise DataError(
+            f"No held-out images to check the exported files on ({split} split of "
+            f"{bundle.source.spec} is empty)"
+            if len(held) == 0
+            else f"--max-images must be at least 1; received {max_images}",
+            fix="Pass --data SPEC with labelled images",
+        )
     rows = np.sort(np.random.default_rng(seed).permutation(len(held))[:max_images])
     images, labels = _images(bundle, split, rows)
     if label_map is not None:
@@ -249,8 +312,9 @@ def export_model(model_or_run, formats="all", output: str | os.PathLike | None =
         train = bundle.examples("train")["labels"]
         rep_split = "train" if len(train) else split
         pool = train if len(train) else held
-        representative, _ = _images(bundle, rep_split,
-                                    _stratified_rows(pool, representative_images, seed))  # fmt: skip
+        representative, _ = _images(
+            bundle, rep_split, _stratified_rows(pool, representative_images, seed)
+        )
     base = loaded.run_dir or loaded.model_path.parent
     out = Path(output) if output else base / "export"
     metrics = {}
@@ -261,9 +325,21 @@ def export_model(model_or_run, formats="all", output: str | os.PathLike | None =
         "source_model": str(Path(loaded.model_path).resolve()),
         "model": loaded.config.get("model", loaded.model.name),
         "parity_data": data or f"{loaded.config.get('data')} ({split} split)",
-        "test_metrics": {k: v for k, v in (metrics.get("test") or {}).items()
-                         if isinstance(v, (int, float, str)) and not isinstance(v, bool)},
-    }  # fmt: skip
-    return export_keras(loaded.model, out, fmts, class_names=loaded.class_names, images=images,
-                        labels=labels, representative=representative, resize=loaded.resize,
-                        info=info, thresholds=thresholds)  # fmt: skip
+        "test_metrics": {
+            k: v
+            for k, v in (metrics.get("test") or {}).items()
+            if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+        },
+    }
+    return export_keras(
+        loaded.model,
+        out,
+        fmts,
+        class_names=loaded.class_names,
+        images=images,
+        labels=labels,
+        representative=representative,
+        resize=loaded.resize,
+        info=info,
+        thresholds=thresholds,
+    )

@@ -84,7 +84,7 @@ def _tflite_bytes(model, mode: str, representative: np.ndarray | None = None) ->
 
         def samples():
             for i in range(len(images)):
-                yield [images[i:i + 1]]
+                yield [images[i : i + 1]]
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = samples
@@ -118,9 +118,11 @@ def write_tflite_int8(model, path: Path, representative=None, **_) -> dict:
     data = _tflite_bytes(model, "int8", representative)
     scale, zero = Interpreter(model_content=data).get_input_details()[0]["quantization"]
     write_bytes(path, data)
-    return {"quantization": "full integer (int8 weights and activations), uint8 input",
-            "input_quantization": {"scale": float(scale), "zero_point": int(zero)},
-            "representative_images": int(len(representative))}  # fmt: skip
+    return {
+        "quantization": "full integer (int8 weights and activations), uint8 input",
+        "input_quantization": {"scale": float(scale), "zero_point": int(zero)},
+        "representative_images": int(len(representative)),
+    }
 
 
 _ERFC_REGISTERED = False
@@ -141,8 +143,9 @@ def _register_erfc() -> None:
             node.type = "Erf"
             dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
             one = ctx.make_const(utils.make_name("erfc_one"), np.array(1, dtype))
-            ctx.insert_new_node_on_output("Sub", node.output[0],
-                                          inputs=[one.output[0], node.output[0]])  # fmt: skip
+            ctx.insert_new_node_on_output(
+                "Sub", node.output[0], inputs=[one.output[0], node.output[0]]
+            )
 
     _ERFC_REGISTERED = True
 

@@ -20,11 +20,22 @@ THRESHOLDS = {
     "fp16_agreement": 0.995,
     "int8_accuracy_drop": 0.01,  # accuracy may be at most 1 point below Keras'
 }
-PRECISION = {"keras": "fp32", "savedmodel": "fp32", "tflite": "fp32", "onnx": "fp32",
-             "tflite-fp16": "fp16", "tflite-int8": "int8"}  # fmt: skip
-RUNTIME = {"keras": "keras.saving.load_model", "savedmodel": "tf.saved_model.load",
-           "tflite": "ai_edge_litert Interpreter", "tflite-fp16": "ai_edge_litert Interpreter",
-           "tflite-int8": "ai_edge_litert Interpreter", "onnx": "onnxruntime"}  # fmt: skip
+PRECISION = {
+    "keras": "fp32",
+    "savedmodel": "fp32",
+    "tflite": "fp32",
+    "onnx": "fp32",
+    "tflite-fp16": "fp16",
+    "tflite-int8": "int8",
+}
+RUNTIME = {
+    "keras": "keras.saving.load_model",
+    "savedmodel": "tf.saved_model.load",
+    "tflite": "ai_edge_litert Interpreter",
+    "tflite-fp16": "ai_edge_litert Interpreter",
+    "tflite-int8": "ai_edge_litert Interpreter",
+    "onnx": "onnxruntime",
+}
 
 
 @dataclass
@@ -41,10 +52,16 @@ class Parity:
     problems: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"runtime": RUNTIME[self.format], "images": self.images,
-                "max_abs_diff": self.max_abs_diff, "top1_agreement": self.agreement,
-                "accuracy": self.accuracy, "keras_accuracy": self.keras_accuracy,
-                "passed": self.passed, "problems": self.problems}  # fmt: skip
+        return {
+            "runtime": RUNTIME[self.format],
+            "images": self.images,
+            "max_abs_diff": self.max_abs_diff,
+            "top1_agreement": self.agreement,
+            "accuracy": self.accuracy,
+            "keras_accuracy": self.keras_accuracy,
+            "passed": self.passed,
+            "problems": self.problems,
+        }
 
 
 def run_artifact(fmt: str, path: Path, images: np.ndarray) -> np.ndarray:
@@ -53,15 +70,24 @@ def run_artifact(fmt: str, path: Path, images: np.ndarray) -> np.ndarray:
         from cnnlab.models.saving import load_model
 
         model = load_model(path)
-        return np.concatenate([np.asarray(model(images[i:i + 64], training=False))
-                               for i in range(0, len(images), 64)])  # fmt: skip
+        return np.concatenate(
+            [
+                np.asarray(model(images[i : i + 64], training=False))
+                for i in range(0, len(images), 64)
+            ]
+        )
     from cnnlab.runtime import load_artifact
 
     return load_artifact(path).predict(images)
 
 
-def measure(fmt: str, probs: np.ndarray, reference: np.ndarray, labels: np.ndarray | None,
-            thresholds: dict | None = None) -> Parity:  # fmt: skip
+def measure(
+    fmt: str,
+    probs: np.ndarray,
+    reference: np.ndarray,
+    labels: np.ndarray | None,
+    thresholds: dict | None = None,
+) -> Parity:
     """Compare ``probs`` with the Keras model's ``reference``; apply the thresholds."""
     t = {**THRESHOLDS, **(thresholds or {})}
     diff = float(np.abs(probs.astype(np.float64) - reference).max()) if len(probs) else 0.0
@@ -81,26 +107,32 @@ def measure(fmt: str, probs: np.ndarray, reference: np.ndarray, labels: np.ndarr
         if agree < t["fp16_agreement"]:
             result.problems.append(f"top-1 agreement {agree:.2%} < {t['fp16_agreement']:.2%}")
     elif acc is not None and acc < keras_acc - t["int8_accuracy_drop"] - 1e-12:
-        result.problems.append(f"accuracy {acc:.2%} is more than "
-                               f"{100 * t['int8_accuracy_drop']:g} point(s) below Keras' "
-                               f"{keras_acc:.2%}")  # fmt: skip
+        result.problems.append(
+            f"accuracy {acc:.2%} is more than "
+            f"{100 * t['int8_accuracy_drop']:g} point(s) below Keras' "
+            f"{keras_acc:.2%}"
+        )
     result.passed = not result.problems
     return result
 
 
 def format_table(rows: list[dict]) -> str:
     """The parity table the CLI prints: one row per artifact."""
-    head = f"{'format':<12} {'file':<20} {'size':>10}  {'runtime':<27} {'max|Δp|':>9} " \
-           f"{'top-1 agree':>11} {'accuracy':>9} {'keras acc':>9}  status"  # fmt: skip
+    head = (
+        f"{'format':<12} {'file':<20} {'size':>10}  {'runtime':<27} {'max|Δp|':>9} "
+        f"{'top-1 agree':>11} {'accuracy':>9} {'keras acc':>9}  status"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         p = r["parity"]
         acc = "-" if p["accuracy"] is None else f"{p['accuracy']:.2%}"
         kacc = "-" if p["keras_accuracy"] is None else f"{p['keras_accuracy']:.2%}"
         status = "ok" if p["passed"] else "FAILED: " + "; ".join(p["problems"])
-        lines.append(f"{r['format']:<12} {r['file'] or '(deleted)':<20} {_size(r['bytes']):>10}  "
-                     f"{p['runtime']:<27} {p['max_abs_diff']:>9.2e} {p['top1_agreement']:>11.2%} "
-                     f"{acc:>9} {kacc:>9}  {status}")  # fmt: skip
+        lines.append(
+            f"{r['format']:<12} {r['file'] or '(deleted)':<20} {_size(r['bytes']):>10}  "
+            f"{p['runtime']:<27} {p['max_abs_diff']:>9.2e} {p['top1_agreement']:>11.2%} "
+            f"{acc:>9} {kacc:>9}  {status}"
+        )
     return "\n".join(lines)
 
 

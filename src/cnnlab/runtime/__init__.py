@@ -14,6 +14,15 @@ from cnnlab.runtime.artifact import (
 from cnnlab.runtime.images import ImageRejected, decode_image, load_image, resize_image
 
 __all__ = [
-    "LABELS", "MANIFEST", "Artifact", "ImageRejected", "decode_image", "find_artifact",
-    "is_artifact", "load_artifact", "load_image", "read_manifest", "resize_image",
-]  # fmt: skip
+    "LABELS",
+    "MANIFEST",
+    "Artifact",
+    "ImageRejected",
+    "decode_image",
+    "find_artifact",
+    "is_artifact",
+    "load_artifact",
+    "load_image",
+    "read_manifest",
+    "resize_image",
+]

@@ -48,8 +48,9 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ModelError(f"{path} cannot be read as JSON ({e})",
-                         fix="Export again with `cnnlab export RUN`") from None  # fmt: skip
+        raise ModelError(
+            f"{path} cannot be read as JSON ({e})", fix="Export again with `cnnlab export RUN`"
+        ) from None
 
 
 def _format_of(path: Path) -> str:
@@ -66,8 +67,10 @@ def find_artifact(folder: str | os.PathLike, prefer=SERVE_PREFERENCE) -> Path:
         entry = entries.get(fmt)
         if entry and (folder / entry["file"]).exists():
             return folder / entry["file"]
-    raise ModelError(f"{folder} holds no exported model ({', '.join(prefer)})",
-                     fix=f"Run `cnnlab export RUN --format onnx --output {folder}`")  # fmt: skip
+    raise ModelError(
+        f"{folder} holds no exported model ({', '.join(prefer)})",
+        fix=f"Run `cnnlab export RUN --format onnx --output {folder}`",
+    )
 
 
 @dataclass
@@ -96,11 +99,13 @@ class Artifact:
         """Probabilities (N, classes) as float32 for images (N, H, W, C) in 0-255."""
         x = np.asarray(images)
         if x.ndim != 4 or tuple(x.shape[1:]) != (*self.image_size, self.channels):
-            raise ModelError(f"{self.path.name} takes images shaped (N, {self.image_size[0]}, "
-                             f"{self.image_size[1]}, {self.channels}); received {x.shape}")  # fmt: skip
+            raise ModelError(
+                f"{self.path.name} takes images shaped (N, {self.image_size[0]}, "
+                f"{self.image_size[1]}, {self.channels}); received {x.shape}"
+            )
         if len(x) == 0:
             return np.zeros((0, len(self.class_names)), np.float32)
-        parts = [self.runner.run(x[i:i + MAX_BATCH]) for i in range(0, len(x), MAX_BATCH)]
+        parts = [self.runner.run(x[i : i + MAX_BATCH]) for i in range(0, len(x), MAX_BATCH)]
         return np.concatenate(parts).astype(np.float32)
 
     def __call__(self, x, training: bool = False) -> np.ndarray:
@@ -155,7 +160,7 @@ class TFLiteRunner:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         if self.shape[0] != -1 and len(x) != self.shape[0]:
-            return np.concatenate([self.run(x[i:i + 1]) for i in range(len(x))])
+            return np.concatenate([self.run(x[i : i + 1]) for i in range(len(x))])
         dtype = self.input["dtype"]
         if np.issubdtype(dtype, np.integer):
             scale, zero = self.input["quantization"]
@@ -216,14 +221,18 @@ def load_artifact(path: str | os.PathLike, threads: int | None = None) -> Artifa
     given the folder)."""
     path = Path(path)
     if not path.exists():
-        raise ModelError(f"{path} does not exist",
-                         expected="a .onnx or .tflite file, a SavedModel folder or an export folder")  # fmt: skip
+        raise ModelError(
+            f"{path} does not exist",
+            expected="a .onnx or .tflite file, a SavedModel folder or an export folder",
+        )
     if path.is_dir() and not (path / "saved_model.pb").is_file():
         path = find_artifact(path)
     fmt = _format_of(path)
     if not fmt:
-        raise ModelError(f"{path} is not an exported model",
-                         expected="a .onnx or .tflite file, or a SavedModel folder")  # fmt: skip
+        raise ModelError(
+            f"{path} is not an exported model",
+            expected="a .onnx or .tflite file, or a SavedModel folder",
+        )
     folder = path.parent
     manifest = read_manifest(folder)
     try:
@@ -231,9 +240,11 @@ def load_artifact(path: str | os.PathLike, threads: int | None = None) -> Artifa
     except ModelError:
         raise
     except Exception as e:  # noqa: BLE001 - any reason the runtime refuses the file
-        raise ModelError(f"{path} cannot be loaded by its runtime ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200] if str(e) else ''})",
-                         fix="Check the file is complete; export it again with `cnnlab export`") from None  # fmt: skip
+        raise ModelError(
+            f"{path} cannot be loaded by its runtime ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''})",
+            fix="Check the file is complete; export it again with `cnnlab export`",
+        ) from None
     entry = _entry_for(manifest, path)
     shape = manifest.get("input_shape") or _input_shape(runner)
     h, w, c = (int(v) for v in shape[-3:])
@@ -245,8 +256,19 @@ def load_artifact(path: str | os.PathLike, threads: int | None = None) -> Artifa
     if not names or (n_out and len(names) != n_out):
         names = [str(i) for i in range(n_out)]
     config = {**config, "resize": manifest.get("resize", config.get("resize", "stretch"))}
-    return Artifact(path, entry.get("format", fmt), list(names), (h, w), c, config["resize"],
-                    manifest, entry, run_dir, config, runner)  # fmt: skip
+    return Artifact(
+        path,
+        entry.get("format", fmt),
+        list(names),
+        (h, w),
+        c,
+        config["resize"],
+        manifest,
+        entry,
+        run_dir,
+        config,
+        runner,
+    )
 
 
 def _input_shape(runner) -> list:

@@ -62,20 +62,26 @@ def decode_image(data: bytes, channels: int, max_pixels: int = DEFAULT_MAX_PIXEL
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
     except UnidentifiedImageError:
-        raise ImageRejected(415, "unsupported image format",
-                            "the bytes are not a JPEG, PNG, WebP, BMP or GIF image "
-                            "(the format is decided by decoding, not by name or header)") from None  # fmt: skip
+        raise ImageRejected(
+            415,
+            "unsupported image format",
+            "the bytes are not a JPEG, PNG, WebP, BMP or GIF image "
+            "(the format is decided by decoding, not by name or header)",
+        ) from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise ImageRejected(413, "image too large",
-                            f"{e} (the limit here is {max_pixels:,} pixels)") from None  # fmt: skip
+        raise ImageRejected(
+            413, "image too large", f"{e} (the limit here is {max_pixels:,} pixels)"
+        ) from None
     except Exception as e:  # noqa: BLE001 - any header a decoder cannot parse
-        raise ImageRejected(400, "corrupt image",
-                            f"the image header cannot be read ({type(e).__name__}: {e})") from None  # fmt: skip
+        raise ImageRejected(
+            400, "corrupt image", f"the image header cannot be read ({type(e).__name__}: {e})"
+        ) from None
     with im:
         w, h = im.size
         if w * h > max_pixels:
-            raise ImageRejected(413, "image too large",
-                                f"{w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,}")  # fmt: skip
+            raise ImageRejected(
+                413, "image too large", f"{w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,}"
+            )
         if w < 1 or h < 1:
             raise ImageRejected(400, "corrupt image", f"the header says {w}x{h} pixels")
         try:
@@ -87,19 +93,28 @@ def decode_image(data: bytes, channels: int, max_pixels: int = DEFAULT_MAX_PIXEL
         except ImageRejected:
             raise
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-            raise ImageRejected(413, "image too large",
-                                f"{e} (the limit here is {max_pixels:,} pixels)") from None  # fmt: skip
+            raise ImageRejected(
+                413, "image too large", f"{e} (the limit here is {max_pixels:,} pixels)"
+            ) from None
         except Exception as e:  # noqa: BLE001 - truncated or corrupt pixel data
-            raise ImageRejected(400, "corrupt image",
-                                f"{im.format} data cannot be decoded ({type(e).__name__}: {e})") from None  # fmt: skip
+            raise ImageRejected(
+                400,
+                "corrupt image",
+                f"{im.format} data cannot be decoded ({type(e).__name__}: {e})",
+            ) from None
 
 
 def _decode_jpeg(data: bytes, channels: int) -> np.ndarray:
     import simplejpeg
 
     # TensorFlow's defaults: fast integer DCT, fancy (smooth) chroma upsampling.
-    out = simplejpeg.decode_jpeg(data, colorspace="RGB" if channels == 3 else "GRAY",
-                                 fastdct=True, fastupsample=False, strict=True)  # fmt: skip
+    out = simplejpeg.decode_jpeg(
+        data,
+        colorspace="RGB" if channels == 3 else "GRAY",
+        fastdct=True,
+        fastupsample=False,
+        strict=True,
+    )
     return np.ascontiguousarray(out.reshape(out.shape[0], out.shape[1], channels))
 
 
@@ -108,8 +123,11 @@ def _pil_to_array(im, channels: int) -> np.ndarray:
     im.load()
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im)
-        arr = (arr.astype(np.uint32) >> 8).astype(np.uint8) if arr.max(initial=0) > 255 or \
-            im.mode.startswith("I;16") else arr.astype(np.uint8)  # fmt: skip
+        arr = (
+            (arr.astype(np.uint32) >> 8).astype(np.uint8)
+            if arr.max(initial=0) > 255 or im.mode.startswith("I;16")
+            else arr.astype(np.uint8)
+        )
         arr = arr[..., None]
     elif im.mode in ("L", "1"):
         arr = np.asarray(im.convert("L"))[..., None]
@@ -145,7 +163,7 @@ def _spans(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
         total = k.sum()
         starts[x] = min(start, in_size - span)
         offset = start - starts[x]
-        weights[x, offset:offset + len(k)] = k / total if total > 0 else k
+        weights[x, offset : offset + len(k)] = k / total if total > 0 else k
     return starts, weights
 
 
@@ -202,7 +220,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int], resize: str = "stretc
         ch = max(min(h, int(np.float32(w * th) / np.float32(tw))), 1)
         cw = max(min(w, int(np.float32(h * tw) / np.float32(th))), 1)
         top, left = int((h - ch) / 2), int((w - cw) / 2)
-        out = _bilinear(image[top:top + ch, left:left + cw], (th, tw), antialias=False)
+        out = _bilinear(image[top : top + ch, left : left + cw], (th, tw), antialias=False)
     elif resize == "pad":
         ph = max(h, int(np.float32(w * th) / np.float32(tw)))
         pw = max(w, int(np.float32(h * tw) / np.float32(th)))
@@ -214,7 +232,12 @@ def resize_image(image: np.ndarray, size: tuple[int, int], resize: str = "stretc
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def load_image(data: bytes, size: tuple[int, int], channels: int, resize: str = "stretch",
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:  # fmt: skip
+def load_image(
+    data: bytes,
+    size: tuple[int, int],
+    channels: int,
+    resize: str = "stretch",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
     """Bytes to the uint8 ``(H, W, C)`` array the model takes (decode, then resize)."""
     return resize_image(decode_image(data, channels, max_pixels), size, resize)

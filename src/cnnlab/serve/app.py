@@ -75,7 +75,9 @@ async def read_body(request, max_bytes: int, drain_factor: int) -> bytes:
             if int(declared) > max_bytes:
                 too_big = f"Content-Length {int(declared):,} bytes; the limit is {max_bytes:,}"
         except ValueError:
-            raise Refused(400, "bad request", f"Content-Length is not a number: {declared!r}") from None
+            raise Refused(
+                400, "bad request", f"Content-Length is not a number: {declared!r}"
+            ) from None
     chunks, total = [], 0
     async for chunk in request.stream():
         total += len(chunk)
@@ -142,14 +144,20 @@ class Predictor:
 
     async def __call__(self, data: bytes, top_k: int) -> dict:
         if self.active >= self.opts.queue_size:
-            raise Refused(503, "busy", f"{self.active} requests are already waiting; retry shortly",
-                          {"Retry-After": "1"})  # fmt: skip
+            raise Refused(
+                503,
+                "busy",
+                f"{self.active} requests are already waiting; retry shortly",
+                {"Retry-After": "1"},
+            )
         self.active += 1
         start = time.perf_counter()
         try:
             return await asyncio.wait_for(self._run(data, top_k, start), self.opts.timeout_s)
         except asyncio.TimeoutError:
-            raise Refused(504, "timeout", f"the request took more than {self.opts.timeout_s:g} s") from None
+            raise Refused(
+                504, "timeout", f"the request took more than {self.opts.timeout_s:g} s"
+            ) from None
         finally:
             self.active -= 1
 
@@ -162,24 +170,37 @@ class Predictor:
         k = max(1, min(top_k, len(names)))
         order = np.argsort(-probs, kind="stable")[:k]
         return {
-            "top": [{"label": names[i], "index": int(i), "probability": float(probs[i])}
-                    for i in order],
+            "top": [
+                {"label": names[i], "index": int(i), "probability": float(probs[i])} for i in order
+            ],
             "image": {"width": int(w), "height": int(h)},
-            "latency_ms": {"decode": round(1000 * decode_s, 3), "inference": round(1000 * infer_s, 3),
-                           "total": round(1000 * (time.perf_counter() - start), 3)},
-        }  # fmt: skip
+            "latency_ms": {
+                "decode": round(1000 * decode_s, 3),
+                "inference": round(1000 * infer_s, 3),
+                "total": round(1000 * (time.perf_counter() - start), 3),
+            },
+        }
 
 
 def metadata(artifact: Artifact, opts: ServeOptions) -> dict[str, Any]:
     m = artifact.manifest
     return {
-        "model": m.get("model") or artifact.path.stem, "format": artifact.format,
-        "file": artifact.path.name, "classes": artifact.class_names,
-        "input": {"height": artifact.image_size[0], "width": artifact.image_size[1],
-                  "channels": artifact.channels, "resize": artifact.resize, "range": [0, 255]},
-        "source_run": m.get("source_run"), "test_metrics": m.get("test_metrics", {}),
-        "parity": artifact.entry.get("parity"), "limits": asdict(opts),
-    }  # fmt: skip
+        "model": m.get("model") or artifact.path.stem,
+        "format": artifact.format,
+        "file": artifact.path.name,
+        "classes": artifact.class_names,
+        "input": {
+            "height": artifact.image_size[0],
+            "width": artifact.image_size[1],
+            "channels": artifact.channels,
+            "resize": artifact.resize,
+            "range": [0, 255],
+        },
+        "source_run": m.get("source_run"),
+        "test_metrics": m.get("test_metrics", {}),
+        "parity": artifact.entry.get("parity"),
+        "limits": asdict(opts),
+    }
 
 
 def create_app(artifact: Artifact, opts: ServeOptions | None = None):
@@ -188,15 +209,20 @@ def create_app(artifact: Artifact, opts: ServeOptions | None = None):
 
     opts = opts or ServeOptions()
     predictor = Predictor(artifact, opts)
-    app = FastAPI(title=f"cnnlab: {artifact.path.name}", docs_url=None, redoc_url=None,
-                  openapi_url=None)  # fmt: skip
+    app = FastAPI(
+        title=f"cnnlab: {artifact.path.name}", docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.predictor = predictor
     page = render_page(metadata(artifact, opts))
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
-        return error_response(exc.status_code, "not found" if exc.status_code == 404 else "http error",
-                              str(exc.detail), getattr(exc, "headers", None))  # fmt: skip
+        return error_response(
+            exc.status_code,
+            "not found" if exc.status_code == 404 else "http error",
+            str(exc.detail),
+            getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, exc):
@@ -212,9 +238,14 @@ def create_app(artifact: Artifact, opts: ServeOptions | None = None):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": artifact.path.name, "format": artifact.format,
-                "served": predictor.served, "waiting": predictor.active,
-                "tensorflow_loaded": "tensorflow" in sys.modules}  # fmt: skip
+        return {
+            "status": "ok",
+            "model": artifact.path.name,
+            "format": artifact.format,
+            "served": predictor.served,
+            "waiting": predictor.active,
+            "tensorflow_loaded": "tensorflow" in sys.modules,
+        }
 
     @app.get("/metadata")
     async def get_metadata():

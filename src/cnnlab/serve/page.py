@@ -84,8 +84,13 @@ def render_page(meta: dict) -> str:
     """The page for a model described by ``meta`` (the ``/metadata`` answer)."""
     inp = meta["input"]
     n = len(meta["classes"])
-    subtitle = (f"{meta['format']} · {n} classes · input {inp['height']}×{inp['width']}×"
-                f"{inp['channels']} ({inp['resize']}) · nothing leaves this server")  # fmt: skip
+    subtitle = (
+        f"{meta['format']} · {n} classes · input {inp['height']}×{inp['width']}×"
+        f"{inp['channels']} ({inp['resize']}) · nothing leaves this server"
+    )
     data = json.dumps({"classes": meta["classes"], "model": meta["model"]}).replace("</", "<\\/")
-    return (_PAGE.replace("__TITLE__", html.escape(str(meta["model"])))
-            .replace("__SUBTITLE__", html.escape(subtitle)).replace("__META__", data))  # fmt: skip
+    return (
+        _PAGE.replace("__TITLE__", html.escape(str(meta["model"])))
+        .replace("__SUBTITLE__", html.escape(subtitle))
+        .replace("__META__", data)
+    )

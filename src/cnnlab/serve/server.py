@@ -31,21 +31,30 @@ def resolve_model(model: str | os.PathLike) -> Path:
             return find_artifact(export, prefer=("onnx",))
         except ModelError:
             pass
-        print(f"cnnlab: {path} has no ONNX export yet; running `cnnlab export {path} --format onnx`",
-              file=sys.stderr)  # fmt: skip
-        done = subprocess.run([sys.executable, "-m", "cnnlab.cli.main", "export", str(path),
-                               "--format", "onnx"], stdout=subprocess.DEVNULL)  # fmt: skip
+        print(
+            f"cnnlab: {path} has no ONNX export yet; running `cnnlab export {path} --format onnx`",
+            file=sys.stderr,
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "cnnlab.cli.main", "export", str(path), "--format", "onnx"],
+            stdout=subprocess.DEVNULL,
+        )
         if done.returncode != 0:
-            raise RunError(f"Exporting {path} to ONNX failed (exit status {done.returncode})",
-                           fix=f"Run `cnnlab export {path} --format onnx` to see why")  # fmt: skip
+            raise RunError(
+                f"Exporting {path} to ONNX failed (exit status {done.returncode})",
+                fix=f"Run `cnnlab export {path} --format onnx` to see why",
+            )
         return find_artifact(export, prefer=("onnx",))
-    raise ModelError(f"{path} is neither an exported model nor a run folder",
-                     expected="a .onnx or .tflite file, an export folder or a run folder",
-                     fix="Export a run with `cnnlab export RUN`")  # fmt: skip
+    raise ModelError(
+        f"{path} is neither an exported model nor a run folder",
+        expected="a .onnx or .tflite file, an export folder or a run folder",
+        fix="Export a run with `cnnlab export RUN`",
+    )
 
 
-def run_server(model, *, host: str = "127.0.0.1", port: int = 8000, threads: int = 2,
-               **options) -> None:  # fmt: skip
+def run_server(
+    model, *, host: str = "127.0.0.1", port: int = 8000, threads: int = 2, **options
+) -> None:
     """Serve ``model`` until interrupted; prints the URL once the socket listens."""
     import uvicorn
 
@@ -53,12 +62,16 @@ def run_server(model, *, host: str = "127.0.0.1", port: int = 8000, threads: int
     for key, value in {"threads": threads, **options}.items():
         if isinstance(value, (int, float)) and value <= 0:
             flag = flags.get(key, key.replace("_", "-"))
-            raise ConfigError(f"--{flag} must be positive; received {value}",
-                              fix="Pass a positive number (see `cnnlab serve --help`)")  # fmt: skip
+            raise ConfigError(
+                f"--{flag} must be positive; received {value}",
+                fix="Pass a positive number (see `cnnlab serve --help`)",
+            )
     artifact = load_artifact(resolve_model(model), threads=threads)
     if artifact.format == "savedmodel":
-        raise ModelError(f"{artifact.path} is a SavedModel, which needs TensorFlow to run",
-                         fix="Serve the .onnx or .tflite export of the same run")  # fmt: skip
+        raise ModelError(
+            f"{artifact.path} is a SavedModel, which needs TensorFlow to run",
+            fix="Serve the .onnx or .tflite export of the same run",
+        )
     app = create_app(artifact, ServeOptions(threads=threads, **options))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -66,14 +79,24 @@ def run_server(model, *, host: str = "127.0.0.1", port: int = 8000, threads: int
     try:
         sock.bind((host, port))
     except OSError as e:
-        raise RunError(f"Cannot listen on {host}:{port} ({e.strerror})",
-                       fix="Pick another --port (0 picks a free one)") from None  # fmt: skip
+        raise RunError(
+            f"Cannot listen on {host}:{port} ({e.strerror})",
+            fix="Pick another --port (0 picks a free one)",
+        ) from None
     sock.listen(2048)
     bound = sock.getsockname()[1]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{bound}/"
-    print(f"cnnlab: serving {artifact.path} ({artifact.format}, {len(artifact.class_names)} "
-          f"classes) on {url}", flush=True)  # fmt: skip
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=5,
-                            limit_concurrency=4 * options.get("queue_size", 32) + 16)  # fmt: skip
+    print(
+        f"cnnlab: serving {artifact.path} ({artifact.format}, {len(artifact.class_names)} "
+        f"classes) on {url}",
+        flush=True,
+    )
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=5,
+        limit_concurrency=4 * options.get("queue_size", 32) + 16,
+    )
     server = uvicorn.Server(config)
     server.run(sockets=[sock])

@@ -183,8 +183,9 @@ def shard_rows(n: int, num_workers: int, index: int, seed: int, *, equal: bool =
     return np.sort(rows)
 
 
-def worker_dataset(bundle, split: str, num_workers: int, index: int, batch_size: int,
-                   *, training: bool):  # fmt: skip
+def worker_dataset(
+    bundle, split: str, num_workers: int, index: int, batch_size: int, *, training: bool
+):
     """Worker ``index``'s pipeline of ``split`` (its own rows only) and its batch count.
 
     Training pipelines are augmented and reshuffled as one-process ones; the
@@ -199,11 +200,17 @@ def worker_dataset(bundle, split: str, num_workers: int, index: int, batch_size:
     if training and bundle.augment.active():
         augmenter = Augmenter(bundle.augment, bundle.image_size, bundle.channels, seed)
     common = dict(
-        num_classes=bundle.num_classes, image_size=bundle.image_size, channels=bundle.channels,
-        batch_size=batch_size, training=training, augmenter=augmenter, resize=bundle.resize,
-        cache=bundle.cache, seed=seed,
+        num_classes=bundle.num_classes,
+        image_size=bundle.image_size,
+        channels=bundle.channels,
+        batch_size=batch_size,
+        training=training,
+        augmenter=augmenter,
+        resize=bundle.resize,
+        cache=bundle.cache,
+        seed=seed,
         class_weights=bundle.class_weights() if training else None,
-    )  # fmt: skip
+    )
     records = bundle.records(split)
     if records is not None:
         mine = records.shard(num_workers, index)
@@ -344,9 +351,13 @@ def shard_bundle(bundle, strategy, batch_size: int) -> ShardedData:
 
     def train_fn(context):
         ds, steps, images = worker_dataset(
-            bundle, "train", context.num_input_pipelines, context.input_pipeline_id,
-            per_replica, training=True,
-        )  # fmt: skip
+            bundle,
+            "train",
+            context.num_input_pipelines,
+            context.input_pipeline_id,
+            per_replica,
+            training=True,
+        )
         info.update(steps=steps, images=images)
         return ds
 
@@ -368,11 +379,18 @@ def _make_steps(model, strategy, top_k: int):
 
     def stats(y, pred, per_example, weight):
         hits = tf.cast(tf.equal(tf.argmax(pred, -1), tf.argmax(y, -1)), tf.float64)
-        in_top = tf.cast(tf.math.in_top_k(tf.argmax(y, -1), tf.cast(pred, tf.float32), top_k),
-                         tf.float64)  # fmt: skip
+        in_top = tf.cast(
+            tf.math.in_top_k(tf.argmax(y, -1), tf.cast(pred, tf.float32), top_k), tf.float64
+        )
         n = tf.cast(tf.shape(y)[0], tf.float64)
-        return tf.stack([tf.reduce_sum(tf.cast(per_example * weight, tf.float64)),
-                         tf.reduce_sum(hits), tf.reduce_sum(in_top), n])  # fmt: skip
+        return tf.stack(
+            [
+                tf.reduce_sum(tf.cast(per_example * weight, tf.float64)),
+                tf.reduce_sum(hits),
+                tf.reduce_sum(in_top),
+                n,
+            ]
+        )
 
     def replica_step(batch):
         x, y = batch[0], batch[1]
@@ -409,12 +427,25 @@ def _make_steps(model, strategy, top_k: int):
 def _logs(totals: np.ndarray, top_k: int, prefix: str = "") -> dict[str, float]:
     loss, hits, in_top, n = totals
     n = max(n, 1.0)
-    return {f"{prefix}loss": loss / n, f"{prefix}accuracy": hits / n,
-            f"{prefix}top{top_k}": in_top / n}  # fmt: skip
+    return {
+        f"{prefix}loss": loss / n,
+        f"{prefix}accuracy": hits / n,
+        f"{prefix}top{top_k}": in_top / n,
+    }
 
 
-def fit_multiworker(model, bundle, *, strategy, batch_size: int, epochs: int,
-                    initial_epoch: int, callbacks: list, verbose: int, top_k: int) -> dict:  # fmt: skip
+def fit_multiworker(
+    model,
+    bundle,
+    *,
+    strategy,
+    batch_size: int,
+    epochs: int,
+    initial_epoch: int,
+    callbacks: list,
+    verbose: int,
+    top_k: int,
+) -> dict:
     """Train ``model`` from ``initial_epoch`` to ``epochs`` across the cluster.
 
     Every worker must call this with the same arguments. ``callbacks`` are Keras
@@ -427,14 +458,21 @@ def fit_multiworker(model, bundle, *, strategy, batch_size: int, epochs: int,
     k = min(top_k, bundle.num_classes)
     data = shard_bundle(bundle, strategy, batch_size)
     role = worker_role(strategy)
-    log.info("Worker %d of %d: %d training images per epoch in %d steps (global batch %d)",
-             role.index, role.count, data.images, data.steps, batch_size)  # fmt: skip
+    log.info(
+        "Worker %d of %d: %d training images per epoch in %d steps (global batch %d)",
+        role.index,
+        role.count,
+        data.images,
+        data.steps,
+        batch_size,
+    )
     with strategy.scope():
         if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
     train_step, eval_step = _make_steps(model, strategy, k)
-    cbs = keras.callbacks.CallbackList(callbacks, model=model, epochs=epochs, steps=data.steps,
-                                       verbose=0)  # fmt: skip
+    cbs = keras.callbacks.CallbackList(
+        callbacks, model=model, epochs=epochs, steps=data.steps, verbose=0
+    )
     model.stop_training = False
     cbs.on_train_begin()
     step_seconds = []
@@ -464,8 +502,10 @@ def fit_multiworker(model, bundle, *, strategy, batch_size: int, epochs: int,
                 for key, value in logs.items()
                 if key in ("loss", "accuracy", "val_loss", "val_accuracy")
             )
-            print(f"Epoch {epoch + 1}/{epochs} - {time.perf_counter() - t0:.1f}s - {shown}",
-                  flush=True)  # fmt: skip
+            print(
+                f"Epoch {epoch + 1}/{epochs} - {time.perf_counter() - t0:.1f}s - {shown}",
+                flush=True,
+            )
         stop = all_reduce(strategy, [float(bool(model.stop_training))])[0] > 0
         if stop:
             break
@@ -478,8 +518,7 @@ def _summary(model, strategy, role: WorkerRole, data: ShardedData, step_seconds)
     comm = communication_seconds(strategy, model)
     step = float(np.median(step_seconds[1:] or step_seconds)) if step_seconds else 0.0
     fingerprint = weights_fingerprint(model)
-    log.info("Worker %d of %d finished: trainable weights %s", role.index, role.count,
-             fingerprint)  # fmt: skip
+    log.info("Worker %d of %d finished: trainable weights %s", role.index, role.count, fingerprint)
     return {
         "workers": role.count,
         "worker": role.index,

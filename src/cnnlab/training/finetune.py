@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ import numpy as np
 
 from cnnlab.config import TrainConfig, normalise_keys, read_yaml_mapping, resolve_config
 from cnnlab.errors import ConfigError, ModelError
+
+log = logging.getLogger("cnnlab")
 
 __all__ = [
     "FINETUNE_DEFAULTS",
@@ -314,3 +317,32 @@ def feature_dataset(feats, labels, batch_size: int, seed: int, weights=None, shu
     if shuffle:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     return apply_options(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+def check_backbone(cfg):
+    """The model's spec, refused unless pretrained; its weights found before any data is read."""
+    from cnnlab.models import get_spec, list_models
+    from cnnlab.models.pretrained.weights import LITE_VARIANTS, resolve_weights, weights_status
+    from cnnlab.training.fit import weights_option
+
+    spec = get_spec(cfg.model)
+    if not spec.pretrained:
+        raise ModelError(
+            f"fine_tune needs a pretrained backbone; received model={spec.name}",
+            expected=f"one of: {', '.join(list_models(pretrained=True))}",
+            fix=f"Pass --model mobilenet (or another of those), or train {spec.name} "
+            "with `cnnlab train`",
+        )
+    weights = weights_option(cfg.weights)
+    resolve_weights(spec.name, weights)
+    lite = spec.name in LITE_VARIANTS
+    if lite and weights == "imagenet" and not weights_status(spec.name).available:
+        from cnnlab.models.pretrained.efficientnet_lite import _find_torch_weights
+
+        _find_torch_weights(LITE_VARIANTS[spec.name])  # raises the WeightsError with its fix
+    if weights is None:
+        log.warning(
+            "Fine-tuning %s from random weights (weights=none): expect scratch-level accuracy",
+            spec.name,
+        )
+    return spec

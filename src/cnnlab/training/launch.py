@@ -48,8 +48,9 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 
 def tf_config(addresses: list[str], index: int) -> str:
     """The ``TF_CONFIG`` of worker ``index`` of a cluster of ``addresses``."""
-    return json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker",
-                                                                  "index": index}})  # fmt: skip
+    return json.dumps(
+        {"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}}
+    )
 
 
 def worker_args(args: list[str]) -> list[str]:
@@ -76,8 +77,14 @@ def worker_args(args: list[str]) -> list[str]:
     return [*args, "--strategy", "multiworker"]
 
 
-def launch(args: list[str], workers: int, *, logs: str | os.PathLike | None = None,
-           cpus: list[set[int]] | None = None, out=None) -> int:  # fmt: skip
+def launch(
+    args: list[str],
+    workers: int,
+    *,
+    logs: str | os.PathLike | None = None,
+    cpus: list[set[int]] | None = None,
+    out=None,
+) -> int:
     """Run ``cnnlab ARGS`` as ``workers`` local workers; returns the exit status.
 
     Args:
@@ -105,8 +112,12 @@ def launch(args: list[str], workers: int, *, logs: str | os.PathLike | None = No
             log_file = open(folder / f"worker-{i}.log", "wb")  # noqa: SIM115 - closed below
             files.append(log_file)
             procs.append(_start(command, env, log_file, i == 0, cpus[i] if cpus else None))
-            print(f"cnnlab launch: worker {i} pid {procs[-1].pid} on {addresses[i]}, "
-                  f"log {folder / f'worker-{i}.log'}", file=out, flush=True)  # fmt: skip
+            print(
+                f"cnnlab launch: worker {i} pid {procs[-1].pid} on {addresses[i]}, "
+                f"log {folder / f'worker-{i}.log'}",
+                file=out,
+                flush=True,
+            )
         return _supervise(procs, folder, out)
     finally:
         _stop_all(procs)
@@ -134,13 +145,24 @@ def _start(command, env, log_file, chief: bool, cpus) -> subprocess.Popen:
     argv = [sys.executable, "-m", "cnnlab.cli.main", *command]
     if chief:
         # A tee: the chief's lines go to our stdout and to its log file.
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=pin if cpus else None)  # fmt: skip
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=pin if cpus else None,
+        )
         proc.tee = _Tee(proc.stdout, log_file)
         return proc
-    return subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                            start_new_session=True, preexec_fn=pin if cpus else None)  # fmt: skip
+    return subprocess.Popen(
+        argv,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=pin if cpus else None,
+    )
 
 
 class _Tee:
@@ -168,8 +190,12 @@ def _supervise(procs: list[subprocess.Popen], folder: Path, out) -> int:
         failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
         if failed:
             i = failed[0]
-            print(f"cnnlab launch: worker {i} exited with status {codes[i]}; stopping the "
-                  "other workers", file=out, flush=True)  # fmt: skip
+            print(
+                f"cnnlab launch: worker {i} exited with status {codes[i]}; stopping the "
+                "other workers",
+                file=out,
+                flush=True,
+            )
             if i != 0:
                 _show_tail(folder / f"worker-{i}.log", out)
             _stop_all(procs)

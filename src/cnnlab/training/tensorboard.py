@@ -52,8 +52,9 @@ def confusion_png(matrix: np.ndarray, class_names: list[str], title: str) -> byt
         for i in range(n):
             for j in range(n):
                 colour = "white" if matrix[i, j] > top / 2 else "black"
-                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7,
-                        color=colour)  # fmt: skip
+                ax.text(
+                    j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=7, color=colour
+                )
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
@@ -61,8 +62,14 @@ def confusion_png(matrix: np.ndarray, class_names: list[str], title: str) -> byt
     return buf.getvalue()
 
 
-def log_confusion_matrix(log_dir: str | Path, matrix, class_names: list[str], step: int,
-                         tag: str = "confusion_matrix", title: str = "") -> None:  # fmt: skip
+def log_confusion_matrix(
+    log_dir: str | Path,
+    matrix,
+    class_names: list[str],
+    step: int,
+    tag: str = "confusion_matrix",
+    title: str = "",
+) -> None:
     """Write ``matrix`` as an image summary into the event files of ``log_dir``."""
     import tensorflow as tf
 
@@ -135,12 +142,20 @@ class TensorBoardLogger(keras.callbacks.Callback):
             if self.val_data is not None and self.class_names and self._last_epoch is not None:
                 matrix = self._confusion()
                 if matrix is not None:
-                    log_confusion_matrix(self.dir / VALIDATION, matrix, self.class_names,
-                                         self._last_epoch, "confusion_matrix",
-                                         f"validation, after epoch {self._last_epoch + 1}")  # fmt: skip
+                    log_confusion_matrix(
+                        self.dir / VALIDATION,
+                        matrix,
+                        self.class_names,
+                        self._last_epoch,
+                        "confusion_matrix",
+                        f"validation, after epoch {self._last_epoch + 1}",
+                    )
         except Exception as e:  # noqa: BLE001 - the curves are written; a picture must not fail a run
-            log.warning("TensorBoard: the confusion matrix could not be logged (%s: %s)",
-                        type(e).__name__, e)  # fmt: skip
+            log.warning(
+                "TensorBoard: the confusion matrix could not be logged (%s: %s)",
+                type(e).__name__,
+                e,
+            )
         finally:
             for writer in self._writers.values():
                 writer.close()

@@ -55,12 +55,12 @@ import numpy as np
 
 from cnnlab._io import atomic_write, write_json
 from cnnlab.config import TrainConfig
-from cnnlab.errors import ModelError
 from cnnlab.run_folder import RunFolder, read_history
 from cnnlab.training.callbacks import RunCheckpoint, SaveClassifier
 from cnnlab.training.finetune import (
     FineTuneOptions,
     backbone_block_list,
+    check_backbone,
     extract_features,
     feature_dataset,
     freeze_for_stage,
@@ -183,7 +183,7 @@ def fine_tune(
     explicit = explicit_keys(config, overrides)
     cfg = resolve_test_data(cfg, explicit)
     seed_everything(cfg)
-    spec = _check_backbone(cfg)
+    spec = check_backbone(cfg)
     decisions = Decisions()
     cfg, bundle, reason = _plan_data(cfg, opts, spec, explicit, decisions)
     record_geometry(cfg, bundle)
@@ -301,9 +301,12 @@ def _final_model(st: _Stages, stages: dict[str, dict[str, Any]]):
         (f_tr, y_tr), (f_val, y_val) = st.features["train"], st.features["val"]
         w = _weights(ctx.bundle, np.concatenate([y_tr, y_val]))
         fit = fit_logistic_head(
-            np.concatenate([f_tr, f_val]), np.concatenate([y_tr, y_val]),
-            seed=ctx.cfg.seed, sample_weight=w, c=st.fit.c,
-        )  # fmt: skip
+            np.concatenate([f_tr, f_val]),
+            np.concatenate([y_tr, y_val]),
+            seed=ctx.cfg.seed,
+            sample_weight=w,
+            c=st.fit.c,
+        )
         write_head(final, fit)
         dec.add(f"head refitted on all {fit.n:,} training + validation images (C={fit.c:g})")
     if "test" in st.features and "1" in stages:
@@ -320,35 +323,6 @@ def _weights(bundle, labels: np.ndarray):
     """Per-image class weights (``class_weight``), or None."""
     cw = bundle.class_weights()
     return None if cw is None else cw[labels.argmax(1)].astype("float64")
-
-
-def _check_backbone(cfg: TrainConfig):
-    """The model's spec, refused unless pretrained; its weights found before any data is read."""
-    from cnnlab.models import get_spec, list_models
-    from cnnlab.models.pretrained.weights import LITE_VARIANTS, resolve_weights, weights_status
-    from cnnlab.training.fit import weights_option
-
-    spec = get_spec(cfg.model)
-    if not spec.pretrained:
-        raise ModelError(
-            f"fine_tune needs a pretrained backbone; received model={spec.name}",
-            expected=f"one of: {', '.join(list_models(pretrained=True))}",
-            fix=f"Pass --model mobilenet (or another of those), or train {spec.name} "
-            "with `cnnlab train`",
-        )
-    weights = weights_option(cfg.weights)
-    resolve_weights(spec.name, weights)
-    lite = spec.name in LITE_VARIANTS
-    if lite and weights == "imagenet" and not weights_status(spec.name).available:
-        from cnnlab.models.pretrained.efficientnet_lite import _find_torch_weights
-
-        _find_torch_weights(LITE_VARIANTS[spec.name])  # raises the WeightsError with its fix
-    if weights is None:
-        log.warning(
-            "Fine-tuning %s from random weights (weights=none): expect scratch-level accuracy",
-            spec.name,
-        )
-    return spec
 
 
 def _build(spec, cfg: TrainConfig, opts: FineTuneOptions, bundle, run, started) -> _Stages:

@@ -289,10 +289,16 @@ def _fit(ctx: RunContext, model, epochs_done: int, state: dict | None):
     try:
         if is_multiworker(ctx.strategy):
             cluster = fit_multiworker(
-                model, bundle, strategy=ctx.strategy, batch_size=cfg.batch_size,
-                epochs=cfg.epochs, initial_epoch=epochs_done, callbacks=cbs,
-                verbose=ctx.verbose, top_k=cfg.top_k,
-            )  # fmt: skip
+                model,
+                bundle,
+                strategy=ctx.strategy,
+                batch_size=cfg.batch_size,
+                epochs=cfg.epochs,
+                initial_epoch=epochs_done,
+                callbacks=cbs,
+                verbose=ctx.verbose,
+                top_k=cfg.top_k,
+            )
         else:
             fit_quietly(model, bundle.train, bundle.val, cfg.epochs, epochs_done, cbs, ctx.verbose)
     except KeyboardInterrupt:
