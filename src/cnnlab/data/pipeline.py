@@ -199,15 +199,7 @@ def make_dataset(
         # A buffer as large as the split is a true reshuffle every epoch; it holds
         # decoded images, so it is capped in bytes for large sets (the permutation
         # above then keeps batches mixed).
-        full = size_bytes <= FULL_SHUFFLE_BYTES
-        per_image = max(1, size_bytes // max(1, n))
-        ds = ds.shuffle(
-            n if full else max(1, min(n, SHUFFLE_BUFFER_BYTES // per_image)),
-            seed=seed,
-            reshuffle_each_iteration=True,
-        )
-    if not needs_index:
-        ds = ds.map(lambda img, y, i: (img, y), num_parallel_calls=AUTOTUNE)
+        ds = _shuffle_decoded(ds, n, size_bytes, max(1, size_bytes // max(1, n)), seed)
     return _finish(
         ds,
         batch_size=batch_size,
@@ -216,6 +208,17 @@ def make_dataset(
         needs_index=needs_index,
         num_classes=num_classes,
         class_weights=class_weights,
+    )
+
+
+def _shuffle_decoded(ds, n: int, size_bytes: int, per_image: int, seed: int):
+    """Shuffle decoded images: the whole split when it fits FULL_SHUFFLE_BYTES (a true
+    reshuffle every epoch), else a buffer capped at SHUFFLE_BUFFER_BYTES."""
+    full = size_bytes <= FULL_SHUFFLE_BYTES
+    return ds.shuffle(
+        n if full else max(1, min(n, SHUFFLE_BUFFER_BYTES // per_image)),
+        seed=seed,
+        reshuffle_each_iteration=True,
     )
 
 
@@ -292,15 +295,7 @@ def _records_dataset(
     if cached:
         ds = ds.cache()
         if training:
-            full = size_bytes <= FULL_SHUFFLE_BYTES
-            per_image = h * w * channels
-            ds = ds.shuffle(
-                n if full else max(1, min(n, SHUFFLE_BUFFER_BYTES // per_image)),
-                seed=seed,
-                reshuffle_each_iteration=True,
-            )
-    if not needs_index:
-        ds = ds.map(lambda img, y, i: (img, y), num_parallel_calls=AUTOTUNE)
+            ds = _shuffle_decoded(ds, n, size_bytes, h * w * channels, seed)
     return _finish(
         ds,
         batch_size=batch_size,
@@ -313,7 +308,10 @@ def _records_dataset(
 
 
 def _finish(ds, *, batch_size, training, augmenter, needs_index, num_classes, class_weights):
-    """Batch, augment (training), one-hot the labels, add class weights, prefetch."""
+    """Drop the index unless the augmenter needs it; batch, augment (training), one-hot the
+    labels, add class weights, prefetch."""
+    if not needs_index:
+        ds = ds.map(lambda img, y, i: (img, y), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE)
     weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
 
