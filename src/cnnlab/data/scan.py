@@ -137,19 +137,14 @@ def scan_images(
                 "Scan cache: %d of %d files unchanged, not decoded again", len(hits), len(paths)
             )
     todo = [i for i, info in enumerate(infos) if info is None]
-    pending: list = []
     with Progress(len(todo), "Scanning", unit="file", quiet=quiet) as progress:
         for i, info in zip(todo, _scan_many([paths[i] for i in todo], workers)):
             infos[i] = info
             progress.update()
             if store is not None:
                 value = {k: v for k, v in info.to_dict().items() if k != "path"}
-                pending.append((paths[i], keys[i], json.dumps(value), None))
-                if len(pending) >= 2000:
-                    store.store(pending)
-                    pending = []
+                store.add(paths[i], keys[i], json.dumps(value), None)
     if store is not None:
-        store.store(pending)
         store.close()
     return infos  # type: ignore[return-value]
 

@@ -124,6 +124,7 @@ class FileCache:
 
     def __init__(self, db: Path, kind: str, folder: str = ""):
         self.db, self.kind = db, kind
+        self._pending: list[tuple] = []
         self.conn = sqlite3.connect(db, timeout=60, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -211,5 +212,16 @@ class FileCache:
         except sqlite3.Error as e:
             log.warning("Scan cache not updated (%s: %s)", self.db, e)
 
+    def add(self, path: str, key: tuple[int, int] | None, value: str, blob: bytes | None) -> None:
+        """Queue one row as results arrive; written _BATCH rows at a time, the rest by close."""
+        self._pending.append((path, key, value, blob))
+        if len(self._pending) >= _BATCH:
+            self.store(self._pending)
+            self._pending = []
+
     def close(self) -> None:
+        """Write the queued rows and close the file."""
+        if self._pending:
+            self.store(self._pending)
+            self._pending = []
         self.conn.close()

@@ -169,7 +169,6 @@ def file_checks(
     def run(i: int):
         return examine_file(paths[i], full_decode)
 
-    pending: list = []
     with (
         ThreadPoolExecutor(max_workers=workers) as pool,
         Progress(len(todo), "Checking", unit="file", quiet=quiet) as progress,
@@ -181,12 +180,8 @@ def file_checks(
             progress.update()
             if store is not None:
                 blob = None if thumb is None else thumb.tobytes()
-                pending.append((paths[i], keys[i], json.dumps(info), blob))
-                if len(pending) >= 2000:
-                    store.store(pending)
-                    pending = []
+                store.add(paths[i], keys[i], json.dumps(info), blob)
     if store is not None:
-        store.store(pending)
         store.close()
     checks = [FileCheck(i, p, names[i], labels[i], **infos[i]) for i, p in enumerate(paths)]
     return checks, thumbs
