@@ -9,12 +9,12 @@ SIZE = 16
 # The smallest member of each scratch family that still has the family's parts.
 SCRATCH = {
     "simple_cnn": {"filters": [8, 16], "dense": [16]},
-    "resnet9": {"width": 8},
-    "vgg8_bn": {"width_mult": 0.125},
+    "resnet9": {"filters": 8},
+    "vgg8_bn": {"width": 0.125},
     "airbench": {"widths": [8, 8, 8], "tta": 2},
 }
 EPOCHS = {"resnet9": 3, "airbench": 12}  # others: 6 (each epoch is 6 steps)
-SLOW_SCRATCH = {"resnet20": {"width": 4}}  # 20 layers: 36 s to fit on 2 cores
+SLOW_SCRATCH = {"resnet20": {"filters": 4}}  # 20 layers: 36 s to fit on 2 cores
 PRETRAINED = ("mobilenet_v2", "efficientnet_b0", "efficientnet_lite0", "resnet50")
 
 
