@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.evaluation._chromium import FLAGS, _Pipe, find_chromium
+from tests.evaluation._chromium import _start, find_chromium
 from tests.export._models import learnable_arrays
 
 pytestmark = pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed")
@@ -25,29 +25,8 @@ pytestmark = pytest.mark.skipif(find_chromium() is None, reason="chromium is not
 
 def upload_in_browser(url: str, image_path: str, screenshot: str, timeout: float = 60.0) -> dict:
     """Open ``url``, set the file input to ``image_path``, wait for the result."""
-    to_r, to_w = os.pipe()
-    from_r, from_w = os.pipe()
     profile = tempfile.mkdtemp(prefix="cnnlab-chromium-")
-    cmd = f'exec "$0" "$@" 3<&{to_r} 4>&{from_w}'
-    proc = subprocess.Popen(
-        [
-            "bash",
-            "-c",
-            cmd,
-            find_chromium(),
-            *FLAGS,
-            f"--user-data-dir={profile}",
-            "--window-size=1000,800",
-            "about:blank",
-        ],
-        pass_fds=(to_r, from_w),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.close(to_r)
-    os.close(from_w)
-    pipe = _Pipe(proc, to_w, from_r)
+    proc, pipe = _start(find_chromium(), profile, 1000)
     try:
         target = pipe.send("Target.createTarget", {"url": "about:blank"}, timeout=timeout)
         sid = pipe.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})[
@@ -96,8 +75,8 @@ def upload_in_browser(url: str, image_path: str, screenshot: str, timeout: float
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        os.close(to_w)
-        os.close(from_r)
+        os.close(pipe.w)
+        os.close(pipe.r)
         shutil.rmtree(profile, ignore_errors=True)
 
 
