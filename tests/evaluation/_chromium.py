@@ -162,14 +162,7 @@ def check_page(
         except (TimeoutError, RuntimeError, OSError):  # it may close before answering
             pass
     finally:
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        os.close(pipe.w)
-        os.close(pipe.r)
-        shutil.rmtree(profile, ignore_errors=True)
+        _stop(proc, pipe, profile)
     return result
 
 
@@ -198,6 +191,18 @@ def _start(binary: str, profile: str, width: int) -> tuple[subprocess.Popen, _Pi
     os.close(to_child_r)
     os.close(from_child_w)
     return proc, _Pipe(proc, to_child_w, from_child_r)
+
+
+def _stop(proc: subprocess.Popen, pipe: _Pipe, profile: str) -> None:
+    """Wait for Chromium to exit (kill it after 10 s), close its pipes, delete its profile."""
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    os.close(pipe.w)
+    os.close(pipe.r)
+    shutil.rmtree(profile, ignore_errors=True)
 
 
 def _viewport(pipe: _Pipe, sid: str, width: int, height: int) -> None:

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
-import subprocess
 import tempfile
 import time
 
@@ -17,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.evaluation._chromium import _start, find_chromium
+from tests.evaluation._chromium import _start, _stop, find_chromium
 from tests.export._models import learnable_arrays
 
 pytestmark = pytest.mark.skipif(find_chromium() is None, reason="chromium is not installed")
@@ -70,14 +67,7 @@ def upload_in_browser(url: str, image_path: str, screenshot: str, timeout: float
             pass
         return state
     finally:
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        os.close(pipe.w)
-        os.close(pipe.r)
-        shutil.rmtree(profile, ignore_errors=True)
+        _stop(proc, pipe, profile)
 
 
 def test_page_classifies_an_uploaded_image_offline(server, tmp_path):
