@@ -128,6 +128,7 @@ def run_cnnlab(model: str, args, folder: Path, out: Path) -> dict:
         "stage1_val_acc": s1.get("val_accuracy"),
         "best_val_acc": m["best_value"],
         "stage2_improved": s2.get("improved_on_stage1"),
+        "stage2_kept": s2.get("kept"),
         "train_seconds": m["train_seconds_this_session"],
         "stage1_seconds": s1.get("seconds"),
         "stage2_seconds": s2.get("seconds"),

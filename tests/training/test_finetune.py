@@ -428,6 +428,38 @@ def test_logistic_head_never_predicts_a_class_without_training_images():
     assert few.folds == 0 and few.c == 1.0  # no cross-validation: scikit-learn's default C
 
 
+def test_c_path_stops_once_held_out_log_loss_rises_and_large_sets_take_3_folds():
+    from cnnlab.training.linear_head import C_GRID, choose_c, fold_count
+
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 20)
+    x = rng.normal(0, 1, (40, 50)) + 0.3 * y[:, None]  # weak signal, many features
+    c, folds, accuracy, log_loss = choose_c(x, y, None, seed=0)
+    tried = list(log_loss)
+    assert tried == sorted(tried) and tried[0] == min(C_GRID) and folds == 5
+    assert c < 1 and 10.0 not in log_loss  # the large Cs past the minimum are not fitted
+    after = [v for k, v in log_loss.items() if k > c]
+    assert len(after) == 2 and all(v > log_loss[c] for v in after)  # stopped 2 rises later
+    assert fold_count(np.repeat(np.arange(5), 200)) == 5  # 1,000 images: 5 folds
+    assert fold_count(np.repeat(np.arange(5), 201)) == 3  # above 1,000: 3
+    assert fold_count(np.repeat(np.arange(5), [2, 300, 300, 300, 300])) == 2
+
+
+def test_stage2_must_win_a_paired_test_not_a_few_images():
+    from cnnlab.training.finetune import paired_gain
+
+    stage1 = np.array([1] * 400 + [0] * 32, bool)  # 432 validation images
+    few = stage1.copy()
+    few[[400, 401, 402, 403, 404, 405]] = True  # fixes 6 ...
+    few[[0, 1, 2]] = False  # ... breaks 3: +3 net, the flowers5 MobileNet case
+    assert paired_gain(stage1, few) == (6, 3, False)
+    many = stage1.copy()
+    many[400:420] = True  # fixes 20, breaks 3: 17 >= 1.645 * sqrt(23)
+    many[[0, 1, 2]] = False
+    assert paired_gain(stage1, many) == (20, 3, True)
+    assert paired_gain(many, stage1) == (3, 20, False)  # a loss is never kept
+
+
 def test_validation_is_carved_only_to_judge_stage_2():
     from cnnlab.training.finetune import plan_validation
 
@@ -460,7 +492,7 @@ def test_small_set_with_a_test_folder_spends_every_image_on_the_head_and_says_so
     assert lines[1] == (
         "24 training images: no validation split (the head's C is cross-validated on them)"
     )
-    assert lines[2].startswith("24 images: 5-fold model selection of C over [0.01, 0.03, 0.1,")
+    assert lines[2].startswith("24 images: 5-fold model selection of C over [0.0001, 0.0003,")
     assert lines[2].endswith("; head refitted on all 24")
     assert lines[3] == (
         "stage 2 skipped: 24 images: too few to judge stage 2 on a validation split (needs 1,000)"

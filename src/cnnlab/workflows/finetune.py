@@ -14,10 +14,9 @@ blocks, a fraction of them, or ``all``), recompiles with a lower learning rate
 (``stage2_learning_rate``, default: stage 1's / 10; optionally ``layer_decay`` per block
 from the top) and continues. BatchNorm layers stay frozen, which in Keras 3
 also keeps them in inference mode. It runs only when a validation split can judge
-it (1,000 images or more, or a ``val_split`` given explicitly), and the run keeps
-the best epoch of both stages, so stage 2 is kept only when it beats stage 1 on
-validation. When stage 1 is kept and the run has a test set, the head is
-refitted on training and validation images together.
+it (1,000 images or more, or a ``val_split`` given explicitly), and is kept only
+when it beats stage 1 on validation beyond chance (a paired test). When stage 1 is
+kept and the run has a test set, its head is refitted on training + validation.
 
 No images are wasted on splits: with a separate test set nothing is carved for
 testing, and below 1,000 images no validation split is carved (the head's C is
@@ -65,6 +64,7 @@ from cnnlab.training.finetune import (
     feature_dataset,
     freeze_for_stage,
     head_model,
+    paired_gain,
     plan_validation,
     resolve_finetune_config,
     train_dataset,
@@ -250,7 +250,7 @@ def _plan_data(cfg: TrainConfig, opts: FineTuneOptions, spec, explicit: set[str]
 
 def _run_stages(st: _Stages) -> dict[str, dict[str, Any]]:
     """Stage 1 (unless ``freeze_epochs`` is 0), then stage 2 when a validation split can
-    judge it (kept only when it beats stage 1 there)."""
+    judge it (kept only when it beats stage 1 there by more than chance)."""
     stages: dict[str, dict[str, Any]] = {}
     if st.opts.freeze_epochs > 0:
         stages["1"] = _stage1(st)
@@ -259,17 +259,43 @@ def _run_stages(st: _Stages) -> dict[str, dict[str, Any]]:
     if reason is None and not len(st.ctx.bundle.examples("val")["labels"]):
         reason = "no validation split to judge it on"
     if reason is None and unfrozen > 0:
-        stages["2"] = _stage2(st, unfrozen, "1" in stages)
-        s1, s2, monitor = stages.get("1", {}), stages["2"], st.ctx.monitor
-        kept = s2["improved_on_stage1"] or "1" not in stages
+        stage1_weights = st.model.get_weights()
+        stages["2"] = s2 = _stage2(st, unfrozen, "1" in stages)
+        s1, monitor = stages.get("1", {}), st.ctx.monitor
+        s2["kept"], why = _judge_stage2(st, s2, "1" in stages)
+        if not s2["kept"] and s2["improved_on_stage1"]:  # back to stage 1's weights
+            st.model.set_weights(stage1_weights)
+            best = st.ctx.run.checkpoints / "best.keras"
+            atomic_write(best, st.model.save, suffix=".keras")
         st.decisions.add(
-            ("stage 2 kept: validation gain " if kept else "stage 2 not kept: no validation gain ")
-            + f"({monitor} {_num(s2.get(monitor))} vs stage 1's {_num(s1.get(monitor))})",
-            stage2="kept" if kept else "not kept",
+            ("stage 2 kept: " if s2["kept"] else "stage 2 not kept: ")
+            + f"{why} ({monitor} {_num(s2.get(monitor))} vs stage 1's {_num(s1.get(monitor))})",
+            stage2="kept" if s2["kept"] else "not kept",
         )
     else:
         st.decisions.add(f"stage 2 skipped: {reason}", stage2="skipped", stage2_reason=reason)
     return stages
+
+
+def _judge_stage2(st: _Stages, s2: dict, after_stage1: bool) -> tuple[bool, str]:
+    """Whether stage 2 is kept, and why: it must beat stage 1's best on the monitor and,
+    when stage 1 is a fitted head, win a paired test on the validation images."""
+    if not after_stage1 or not s2["improved_on_stage1"]:
+        return not after_stage1, "no stage 1" if not after_stage1 else "no validation gain"
+    if st.fit is None or "val" not in st.features:
+        return True, "validation gain"
+    f_val, y_val = st.features["val"]
+    truth = y_val.argmax(1)
+    right1 = st.fit.predict_proba(f_val).argmax(1) == truth
+    val = st.ctx.bundle.dataset("val", training=False)
+    right2 = best_model(st.ctx, st.model).predict(val, verbose=0).argmax(1) == truth
+    fixed, broken, significant = paired_gain(right1, right2)
+    s2.update(val_fixed=fixed, val_broken=broken)
+    chance = "beyond" if significant else "within"
+    return significant, (
+        f"validation gain {chance} chance: {fixed} images fixed, {broken} broken "
+        "(one-sided McNemar test at 5%)"
+    )
 
 
 def _num(value) -> str:
@@ -284,7 +310,7 @@ def _final_model(st: _Stages, stages: dict[str, dict[str, Any]]):
     stage2 = stages.get("2")
     if st.fit is not None and "test" in st.features and "1" in stages:
         stages["1"]["test_accuracy"] = st.fit.accuracy(*st.features["test"])
-    if stage2 is not None and (stage2["improved_on_stage1"] or "1" not in stages):
+    if stage2 is not None and stage2["kept"]:
         dec.add(
             f"kept: stage 2, the fine-tuned classifier ({len(stage2['unfrozen_blocks'])} "
             "blocks unfrozen)",
@@ -424,10 +450,11 @@ def _stage1_logistic(st: _Stages) -> dict[str, Any]:
     write_head(model, fit)
     st.fit, st.features = fit, feats
     if fit.folds:
-        grid = ", ".join(f"{c:g}" for c in C_GRID)
+        tried = ", ".join(f"{c:g}" for c in fit.cv_log_loss)
+        edge = " (the grid's smallest C)" if fit.c == min(C_GRID) else ""
         dec.add(
-            f"{n:,} images: {fit.folds}-fold model selection of C over [{grid}]: chose "
-            f"C={fit.c:g} (cv log-loss {fit.cv_log_loss[fit.c]:.4f}, cv accuracy "
+            f"{n:,} images: {fit.folds}-fold model selection of C over [{tried}]: chose "
+            f"C={fit.c:g}{edge} (cv log-loss {fit.cv_log_loss[fit.c]:.4f}, cv accuracy "
             f"{fit.cv_accuracy[fit.c]:.4f}); head refitted on all {n:,}",
             cv_folds=fit.folds,
             cv_accuracy={f"{c:g}": round(v, 4) for c, v in fit.cv_accuracy.items()},
