@@ -5,6 +5,7 @@ that leave no finished-looking file."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -84,6 +85,23 @@ def test_export_cli_prints_the_parity_table(export_run, tmp_path):
     ]
 
 
+def test_a_failed_export_prints_the_table_then_the_error_and_its_fix(
+    export_run, tmp_path, capsys, monkeypatch
+):
+    from cnnlab.cli.main import main
+    from cnnlab.export import parity
+
+    monkeypatch.setitem(parity.THRESHOLDS, "fp32_max_abs_diff", -1.0)
+    out = tmp_path / "failing"
+    code = main(["export", str(export_run), "--format", "onnx", "--output", str(out)])
+    captured = capsys.readouterr()
+    assert code != 0
+    assert re.search(r"\nonnx +\(deleted\) .* FAILED: max \|Δp\|", captured.out)
+    error = captured.err.strip().splitlines()[-1]
+    assert "Export parity check failed for onnx (max |Δp|" in error
+    assert error.endswith("or a looser thresholds= in Python.")
+
+
 def test_unknown_format_names_the_choices():
     with pytest.raises(
         ConfigError,
@@ -102,8 +120,10 @@ def test_a_failed_parity_check_deletes_the_file_and_says_why(tmp_path, held_out)
         ModelError,
         match=r"Export parity check failed for tflite \(max \|Δp\| "
         r"\S+ > -1e\+00\), onnx \(max \|Δp\| \S+ > -1e\+00\); the failing "
-        r"file\(s\) were deleted(.|\n)*onnx +\(deleted\)",
-    ):
+        r"file\(s\) were deleted, the rest are in \S+\. Check the model, or for int8 pass "
+        r"more representative images \(--representative-images\) or a looser thresholds= "
+        r"in Python\.$",
+    ) as failure:
         export_keras(
             model,
             tmp_path,
@@ -114,6 +134,7 @@ def test_a_failed_parity_check_deletes_the_file_and_says_why(tmp_path, held_out)
             thresholds={"fp32_max_abs_diff": -1.0},
         )
     assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "model.tflite").exists()
+    assert re.search(r"\nonnx +\(deleted\) .* FAILED: max", failure.value.result.table())
     manifest = json.loads((tmp_path / "export.json").read_text())
     assert manifest["artifacts"]["onnx"]["file"] is None
     assert manifest["artifacts"]["onnx"]["parity"]["passed"] is False

@@ -53,7 +53,7 @@ def test_health_metadata_and_no_tensorflow_in_the_process(server, export_run):
     health = httpx.get(f"{server}/health").json()
     assert health["status"] == "ok" and health["tensorflow_loaded"] is False
     meta = httpx.get(f"{server}/metadata").json()
-    assert meta["classes"] == ["circle", "square", "star"]
+    assert meta["class_names"] == ["circle", "square", "star"]
     assert meta["input"] == {
         "height": 16,
         "width": 16,

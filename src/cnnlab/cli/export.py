@@ -43,15 +43,20 @@ def export(
 ) -> None:
     """Export a run folder or .keras model and check each file against the Keras model."""
     import cnnlab
+    from cnnlab.export.exporter import ExportParityError
 
-    result = cnnlab.export_model(
-        model_or_run,
-        formats,
-        output,
-        data=data,
-        data_dir=data_dir,
-        max_images=max_images,
-        representative_images=representative_images,
-    )
+    try:
+        result = cnnlab.export_model(
+            model_or_run,
+            formats,
+            output,
+            data=data,
+            data_dir=data_dir,
+            max_images=max_images,
+            representative_images=representative_images,
+        )
+    except ExportParityError as e:
+        click.echo(e.result.table())  # the figures first, the error and its fix last
+        raise
     click.echo(result.table())
     click.echo(f"files: {result.output_dir}  (labels.txt, export.json)")

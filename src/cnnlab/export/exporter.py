@@ -203,13 +203,22 @@ def export_keras(
     write_bytes(out / MANIFEST, text.encode())
     result = ExportResult(out, manifest, failed)
     if failed:
-        raise ModelError(
-            f"Export parity check failed for {', '.join(failed)}; the failing "
-            f"file(s) were deleted, the rest are in {out}.\n{result.table()}",
-            fix="Check the model, or for int8 pass more representative images "
-            "(representative_images=) or a looser thresholds= in Python",
-        )
+        raise ExportParityError(result, failed)
     return result
+
+
+class ExportParityError(ModelError):
+    """An artifact failed its parity check; ``result`` holds every artifact's figures
+    (``result.table()``: the table the CLI prints before this message)."""
+
+    def __init__(self, result: ExportResult, failed: list[str]):
+        self.result = result
+        super().__init__(
+            f"Export parity check failed for {', '.join(failed)}; the failing "
+            f"file(s) were deleted, the rest are in {result.output_dir}",
+            fix="Check the model, or for int8 pass more representative images "
+            "(--representative-images) or a looser thresholds= in Python",
+        )
 
 
 def _stratified_rows(labels: np.ndarray, n: int, seed: int) -> np.ndarray:

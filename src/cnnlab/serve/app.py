@@ -188,7 +188,7 @@ def metadata(artifact: Artifact, opts: ServeOptions) -> dict[str, Any]:
         "model": m.get("model") or artifact.path.stem,
         "format": artifact.format,
         "file": artifact.path.name,
-        "classes": artifact.class_names,
+        "class_names": artifact.class_names,
         "input": {
             "height": artifact.image_size[0],
             "width": artifact.image_size[1],

@@ -62,7 +62,7 @@ async function send(file) {
   const img = $("preview"); img.src = URL.createObjectURL(file); img.style.display = "block";
   const t0 = performance.now();
   try {
-    const res = await fetch("predict?top_k=" + Math.min(5, META.classes.length),
+    const res = await fetch("predict?top_k=" + Math.min(5, META.class_names.length),
                             {method: "POST", body: file});
     const data = await res.json();
     if (!res.ok) { $("error").textContent = data.error + ": " + data.detail; return; }
@@ -83,12 +83,12 @@ drop.addEventListener("drop", (e) => { const f = e.dataTransfer.files[0]; if (f)
 def render_page(meta: dict) -> str:
     """The page for a model described by ``meta`` (the ``/metadata`` answer)."""
     inp = meta["input"]
-    n = len(meta["classes"])
+    n = len(meta["class_names"])
     subtitle = (
         f"{meta['format']} · {n} classes · input {inp['height']}×{inp['width']}×"
         f"{inp['channels']} ({inp['resize']}) · nothing leaves this server"
     )
-    data = json.dumps({"classes": meta["classes"], "model": meta["model"]}).replace("</", "<\\/")
+    data = json.dumps({"class_names": meta["class_names"], "model": meta["model"]}).replace("</", "<\\/")
     return (
         _PAGE.replace("__TITLE__", html.escape(str(meta["model"])))
         .replace("__SUBTITLE__", html.escape(subtitle))
