@@ -11,11 +11,16 @@ import numpy as np
 
 
 def collect_predictions(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``model`` over a (images, one-hot labels) dataset: (probabilities, true labels)."""
+    """Run ``model`` over a (images, one-hot labels) dataset: (probabilities, true labels).
+
+    Each batch runs through Keras' compiled predict step (``predict_batch``): an eager call
+    keeps every layer's output of the batch alive, twice the memory."""
+    from cnnlab.models.inference import predict_batch
+
     probs, labels = [], []
     for batch in dataset:
         x, y = batch[0], batch[1]
-        probs.append(np.asarray(model(x, training=False), dtype=np.float64))
+        probs.append(np.asarray(predict_batch(model, x), dtype=np.float64))
         labels.append(np.argmax(np.asarray(y), axis=-1))
     if not probs:
         return np.zeros((0, int(model.output_shape[-1]))), np.zeros((0,), np.int64)

@@ -45,6 +45,7 @@ def predict(model, paths, *, top_k: int = 3, batch_size: int = 32) -> list[dict]
 
     from cnnlab.data.pipeline import apply_options, decode_file, make_resizer, to_uint8
     from cnnlab.data.scan import scan_images
+    from cnnlab.models.inference import predict_batch
     from cnnlab.models.saving import LoadedModel, load_for_inference
     from cnnlab.runtime import Artifact, is_artifact, load_artifact
 
@@ -66,7 +67,7 @@ def predict(model, paths, *, top_k: int = 3, batch_size: int = 32) -> list[dict]
             num_parallel_calls=tf.data.AUTOTUNE,
         ).batch(batch_size)
         ds = apply_options(ds)
-        probs = np.concatenate([np.asarray(loaded.model(x, training=False)) for x in ds])
+        probs = np.concatenate([predict_batch(loaded.model, x) for x in ds])
         k = min(top_k, probs.shape[1])
         for path, p in zip(good, probs):
             order = np.argsort(-p)[:k]

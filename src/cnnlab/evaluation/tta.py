@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnnlab.models.inference import predict_batch
+
 
 def tta_views(image_size: tuple[int, int], flip: bool = True) -> list[str]:
     """Names of the views :func:`tta_predict` uses, e.g. ``["identity", "flip", "shift(2,0)", ...]``.
@@ -72,7 +74,7 @@ def tta_predict(
             continue
         parts = [
             np.asarray(
-                model(apply_view(images[i : i + batch_size], view), training=False), np.float64
+                predict_batch(model, apply_view(images[i : i + batch_size], view)), np.float64
             )
             for i in range(0, len(images), batch_size)
         ]

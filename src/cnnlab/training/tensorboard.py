@@ -21,6 +21,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from cnnlab.models.inference import predict_batch
+
 log = logging.getLogger("cnnlab")
 
 TRAIN, VALIDATION = "train", "validation"
@@ -169,7 +171,7 @@ class TensorBoardLogger(keras.callbacks.Callback):
             expected = tuple(self.model.inputs[0].shape[1:]) if self.model.inputs else None
             if expected is not None and tuple(x.shape[1:]) != expected:
                 return None  # a model fitted on features (fine-tuning's stage 1), not images
-            probs = keras.ops.convert_to_numpy(self.model(x, training=False))
+            probs = predict_batch(self.model, x)  # compiled: an eager call holds every layer
             if probs.ndim != 2 or probs.shape[-1] != n:
                 return None  # a model that does not output class scores (a feature head)
             true = np.asarray(y).argmax(-1) if np.asarray(y).ndim == 2 else np.asarray(y)

@@ -11,7 +11,9 @@ whose coarse structure happens to agree (e.g. two different planes in an empty s
 
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 
 import numpy as np
 
@@ -31,6 +33,7 @@ DEFAULT_HASH_DISTANCE = 10
 # the same layout (a ship on the horizon) appear. 0.25 keeps a safety margin.
 DEFAULT_PIXEL_DIFFERENCE = 0.25
 MAX_PAIRS = 200_000  # stop collecting beyond this (a folder of thousands of blank images)
+CONFIRM_CHUNK = 8192  # candidate pairs whose thumbnails are compared at once (3 x 32 MB)
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -92,26 +95,43 @@ def near_duplicate_pairs(
 
     def confirm(start: int) -> list[tuple[int, int, int, float]]:
         ii, jj, d = search(start, min(n, start + block))
-        if len(ii) == 0:
-            return []
-        diff = np.abs(norm[ii] - norm[jj]).mean(axis=1)
-        # Same structure but a different overall brightness is a different picture
-        # (a night and a day shot); a re-encoded copy keeps its mean within a few levels.
-        ok = (diff <= max_difference) & (np.abs(means[ii] - means[jj]) <= 40)
-        return list(
-            zip(ii[ok].tolist(), jj[ok].tolist(), d[ok].tolist(), diff[ok].round(4).tolist())
-        )
+        out: list[tuple[int, int, int, float]] = []
+        # The candidates' thumbnails are compared CONFIRM_CHUNK pairs at a time: a folder
+        # of look-alike images (one layout, noise) gives hundreds of candidates per image,
+        # and all of a block's at once took 17 GB for 7,000 of them.
+        for k in range(0, len(ii), CONFIRM_CHUNK):
+            i, j, dk = (
+                ii[k : k + CONFIRM_CHUNK],
+                jj[k : k + CONFIRM_CHUNK],
+                d[k : k + CONFIRM_CHUNK],
+            )
+            diff = np.abs(norm[i] - norm[j]).mean(axis=1)
+            # Same structure but a different overall brightness is a different picture
+            # (a night and a day shot); a re-encoded copy keeps its mean within a few levels.
+            ok = (diff <= max_difference) & (np.abs(means[i] - means[j]) <= 40)
+            out += zip(i[ok].tolist(), j[ok].tolist(), dk[ok].tolist(), diff[ok].round(4).tolist())
+            if len(out) > max_pairs:
+                break
+        return out
 
     pairs: list[tuple[int, int, int, float]] = []
     truncated = False
+    starts = iter(range(0, n, block))
     with (
         ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
         Progress(n, "Near duplicates", unit="image", quiet=quiet) as progress,
     ):
-        for start, found in zip(range(0, n, block), pool.map(confirm, range(0, n, block))):
+        # A few blocks in flight, in order (not every block at once: their pairs would
+        # all be held before the first is looked at).
+        pending = deque((s, pool.submit(confirm, s)) for s in islice(starts, max(1, workers)))
+        while pending:
+            start, future = pending.popleft()
             progress.update(min(n, start + block) - start)
-            pairs += found
+            pairs += future.result()
             if len(pairs) > max_pairs:
                 truncated = True
                 break
+            nxt = next(starts, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(confirm, nxt)))
     return pairs[:max_pairs], truncated
