@@ -68,6 +68,13 @@ class TrainConfig:
     weights: str | None = None
     # optimisation
     batch_size: int = 64
+    # each batch computed as batch_size / micro_batch_size micro-batches whose gradients
+    # are accumulated into one optimizer step (None: the whole batch, unless the memory
+    # budget needs micro-batches; see cnnlab.training.memory)
+    micro_batch_size: int | None = None
+    # peak memory the run may plan for: "4GB", "3.5GiB", "none" (no budget); None:
+    # $CNNLAB_MEMORY_BUDGET, else 60% of the memory available, within 2-4 GB
+    memory_budget: str | None = None
     epochs: int = 20
     optimizer: str = "adam"
     learning_rate: float | None = None
@@ -317,6 +324,11 @@ def _coerce(cfg_dict: dict[str, Any]) -> TrainConfig:
     _check_range("label_smoothing", cfg.label_smoothing, 0.0, 0.99)
     for name in ("batch_size", "epochs", "top_k"):
         _check_range(name, getattr(cfg, name), 1, 1_000_000)
+    if cfg.micro_batch_size is not None:  # dividing the batch is checked once the recipe
+        _check_range("micro_batch_size", cfg.micro_batch_size, 1, 1_000_000)  # set the batch
+    if cfg.memory_budget is not None:
+        cfg.memory_budget = str(cfg.memory_budget).strip()
+        parse_memory_size(cfg.memory_budget)  # a bad size fails here, naming the key
     if cfg.channels is not None and cfg.channels not in (1, 3):
         raise ConfigError(
             f"Bad channels: received {cfg.channels}",
@@ -330,6 +342,48 @@ def _coerce(cfg_dict: dict[str, Any]) -> TrainConfig:
             fix="Pass --learning-rate 1e-3, or leave it out for the optimizer's default",
         )
     return cfg
+
+
+GB = 1e9  # memory sizes are decimal: --memory-budget 4GB is 4e9 bytes
+_SIZE_UNITS = {
+    "": GB,
+    "b": 1.0,
+    "k": 1e3,
+    "kb": 1e3,
+    "m": 1e6,
+    "mb": 1e6,
+    "g": GB,
+    "gb": GB,
+    "t": 1e12,
+    "tb": 1e12,
+    "kib": 1024.0,
+    "mib": 1024.0**2,
+    "gib": 1024.0**3,
+    "tib": 1024.0**4,
+}
+
+
+def parse_memory_size(value: Any, name: str = "memory_budget") -> float | None:
+    """Bytes of a size such as ``4GB``, ``3.5GiB``, ``800MB`` or a bare number of
+    gigabytes (``4``); None for ``none``/``off`` (no budget).
+
+    Example:
+        >>> parse_memory_size("4GB"), parse_memory_size("512MiB"), parse_memory_size("none")
+        (4000000000.0, 536870912.0, None)
+    """
+    if value is None:
+        return None
+    text = str(value).strip().lower().replace(" ", "")
+    if text in ("none", "off", ""):
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)([a-z]*)", text)
+    if not m or m.group(2) not in _SIZE_UNITS or float(m.group(1)) <= 0:
+        raise ConfigError(
+            f"Bad {name}: received {value!r}",
+            expected="a size such as 4GB, 3.5GiB or 800MB, or 'none' for no budget",
+            fix="Pass --memory-budget 4GB (or set CNNLAB_MEMORY_BUDGET=4GB)",
+        )
+    return float(m.group(1)) * _SIZE_UNITS[m.group(2)]
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:

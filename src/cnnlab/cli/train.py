@@ -15,6 +15,7 @@ Examples:
   cnnlab train --data folder:cifar10/train --recipe fast --epochs 10 --model-kwargs width=0.5
                                                  # (scores cifar10/test, the folder beside train/)
   cnnlab train --data csv:labels.csv --image-size 96 --augment standard
+  cnnlab train --data folder:cifar10/train --memory-budget 3GB   # micro-batches if needed
   cnnlab train -c config.yaml --learning-rate 3e-4   # flags override the file
   cnnlab train --model simple_cnn --model-kwargs "filters=[32, 64] dropout=0.2"
   cnnlab train --resume runs/20261126-120000-simple_cnn-32   # after a crash
@@ -95,6 +96,19 @@ Examples:
 @click.option("--contrast", type=float, help="Random contrast factor.")
 @click.option("--random-crop", type=int, help="Pad by N pixels, then crop back at random.")
 @click.option("-b", "--batch-size", type=int, help="Images per step [64].")
+@click.option(
+    "--micro-batch-size",
+    type=int,
+    help="Compute each batch as micro-batches of this many images, their gradients "
+    "accumulated into one step (same effective batch, less memory) [the whole batch, "
+    "or what --memory-budget needs].",
+)
+@click.option(
+    "--memory-budget",
+    metavar="SIZE",
+    help="Peak memory to plan for, e.g. 4GB or 'none'; over it, the largest micro-batch "
+    "that fits is chosen [$CNNLAB_MEMORY_BUDGET, else 60% of available memory, 2-4GB].",
+)
 @click.option("--epochs", type=int, help="Epochs to train [20].")
 @click.option(
     "--optimizer",

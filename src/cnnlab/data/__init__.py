@@ -57,6 +57,11 @@ class DataBundle:
     seed: int = 42
     class_weight: str = "none"
     cache: str = "auto"
+    # The training pipeline's batches leave cut into this many micro-batches (gradient
+    # accumulation; see cnnlab.training.memory); validation and test pipelines batch at
+    # eval_batch_size (None: batch_size) to bound the memory of scoring.
+    micro_batches: int = 1
+    eval_batch_size: int | None = None
     _datasets: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -90,6 +95,15 @@ class DataBundle:
         counts = np.maximum(counts, 1)
         return counts.sum() / (self.num_classes * counts)
 
+    def set_batching(
+        self, batch_size: int, micro_batches: int = 1, eval_batch_size: int | None = None
+    ) -> None:
+        """Batch the pipelines anew (those already built are dropped)."""
+        self.batch_size = int(batch_size)
+        self.micro_batches = max(1, int(micro_batches))
+        self.eval_batch_size = None if eval_batch_size is None else int(eval_batch_size)
+        self._datasets.clear()
+
     def dataset(self, name: str, training: bool | None = None):
         """The tf.data pipeline for one split (built once, then reused)."""
         if name not in SPLITS:
@@ -111,13 +125,14 @@ class DataBundle:
                 images=ex.get("images"),
                 paths=ex.get("paths"),
                 records=self.records(name),
-                batch_size=self.batch_size,
+                batch_size=self.batch_size if training else self.eval_batch_size or self.batch_size,
                 training=training,
                 augmenter=augmenter,
                 resize=self.resize,
                 cache=self.cache,
                 seed=self.seed,
                 class_weights=self.class_weights() if training else None,
+                micro_batches=self.micro_batches if training else 1,
             )
         return self._datasets[key]
 

@@ -129,6 +129,7 @@ def make_dataset(
     cache: str = "auto",
     seed: int = 0,
     class_weights: np.ndarray | None = None,
+    micro_batches: int = 1,
 ) -> tf.data.Dataset:
     """Build the input pipeline for one split.
 
@@ -144,6 +145,11 @@ def make_dataset(
     travels with the image, and the epoch is counted by the pipeline itself
     (a variable incremented each time an iterator over the dataset starts, i.e.
     once per ``fit`` epoch), so no callback has to keep it in step.
+
+    With ``micro_batches`` m > 1 each batch of ``batch_size`` is cut into m micro-batches
+    after augmentation (:func:`split_batches`), for an optimizer that accumulates m
+    micro-batches' gradients per step: every step then sees the images and augmentations
+    that the whole batch would have, and each epoch is a whole number of steps.
     """
     labels = np.asarray(labels, np.int64)
     n = len(labels)
@@ -172,6 +178,7 @@ def make_dataset(
             cache=cache,
             seed=seed,
             class_weights=class_weights,
+            micro_batches=micro_batches,
         )
     size_bytes = n * image_size[0] * image_size[1] * channels
     cached = cache == "memory" or (cache == "auto" and size_bytes <= CACHE_LIMIT_BYTES)
@@ -193,6 +200,8 @@ def make_dataset(
         ds = _file_elements(
             paths, labels, index, image_size, channels, resize, training and not cached, seed
         )
+        if training:
+            ds = _known_length(ds, n)
     if cached:
         ds = ds.cache()
     if training and (cached or images is not None):
@@ -208,6 +217,7 @@ def make_dataset(
         needs_index=needs_index,
         num_classes=num_classes,
         class_weights=class_weights,
+        micro_batches=micro_batches,
     )
 
 
@@ -249,6 +259,21 @@ def _file_elements(paths, labels, index, image_size, channels, resize, stream_sh
     return ds.ignore_errors(log_warning=True).unbatch()
 
 
+def _known_length(ds: tf.data.Dataset, n: int) -> tf.data.Dataset:
+    """The training files' ``n`` elements with their count known to tf.data and Keras.
+
+    ``ignore_errors`` (the safety net behind the scan) makes the count unknown, and
+    with an unknown count Keras 3.15 runs one more step at every epoch's end, which
+    finds no data and yet may increment ``optimizer.iterations`` (the increment does
+    not wait for the input: a race, seen on one run in three or so): the schedule and
+    lookahead then drift by a step per epoch, and with gradient accumulation the
+    micro-batches of one batch would straddle two optimizer steps. Here the epoch is
+    exactly ``n`` elements: should a file fail after the scan, its place is taken by
+    the start of the next pass over the files, so no epoch is cut short.
+    """
+    return ds.repeat().take(n).apply(tf.data.experimental.assert_cardinality(n))
+
+
 def _records_dataset(
     records,
     *,
@@ -262,6 +287,7 @@ def _records_dataset(
     cache,
     seed,
     class_weights,
+    micro_batches=1,
 ) -> tf.data.Dataset:
     """The pipeline over packed TFRecords (``records``: a RecordSplit).
 
@@ -304,12 +330,23 @@ def _records_dataset(
         needs_index=needs_index,
         num_classes=num_classes,
         class_weights=class_weights,
+        micro_batches=micro_batches,
     )
 
 
-def _finish(ds, *, batch_size, training, augmenter, needs_index, num_classes, class_weights):
+def _finish(
+    ds,
+    *,
+    batch_size,
+    training,
+    augmenter,
+    needs_index,
+    num_classes,
+    class_weights,
+    micro_batches=1,
+):
     """Drop the index unless the augmenter needs it; batch, augment (training), one-hot the
-    labels, add class weights, prefetch."""
+    labels, add class weights, cut into micro-batches, prefetch."""
     if not needs_index:
         ds = ds.map(lambda img, y, i: (img, y), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE)
@@ -328,7 +365,44 @@ def _finish(ds, *, batch_size, training, augmenter, needs_index, num_classes, cl
         ds = _with_epoch(ds, finish)
     else:
         ds = ds.map(finish, num_parallel_calls=AUTOTUNE)
-    return apply_options(ds.prefetch(AUTOTUNE))
+    return apply_options(split_batches(ds, micro_batches).prefetch(AUTOTUNE))
+
+
+def split_batches(ds: tf.data.Dataset, parts: int) -> tf.data.Dataset:
+    """Cut every batch of ``ds`` into ``parts`` consecutive micro-batches.
+
+    Part j of a batch of n holds rows ``j·n//parts`` to ``(j+1)·n//parts``, so the parts
+    of a full batch are equal when ``parts`` divides it and differ by one image in a short
+    last batch; every batch gives exactly ``parts`` micro-batches, so an optimizer that
+    accumulates ``parts`` of them steps once per batch and never across epochs. (A batch
+    smaller than ``parts``, at most ``parts - 1`` images at an epoch's end, repeats images
+    rather than give an empty micro-batch, whose mean loss would be NaN.)
+
+    Example:
+        >>> ds = tf.data.Dataset.range(10).batch(4)          # 4, 4, 2 rows
+        >>> [len(b) for b in split_batches(ds, 2)]
+        [2, 2, 2, 2, 1, 1]
+    """
+    if parts <= 1:
+        return ds
+    batches = ds.cardinality()
+
+    def cut(*batch):
+        n = tf.shape(batch[0], out_type=tf.int64)[0]
+        j = tf.range(parts, dtype=tf.int64)
+        starts = j * n // parts
+        ends = tf.maximum((j + 1) * n // parts, starts + 1)
+
+        def part(k):
+            pieces = tuple(t[starts[k] : ends[k]] for t in batch)
+            return pieces if len(pieces) > 1 else pieces[0]
+
+        return tf.data.Dataset.range(parts).map(part)
+
+    out = ds.flat_map(cut)
+    if batches >= 0:
+        out = out.apply(tf.data.experimental.assert_cardinality(batches * parts))
+    return out
 
 
 def _with_epoch(ds: tf.data.Dataset, finish) -> tf.data.Dataset:

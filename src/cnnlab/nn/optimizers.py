@@ -16,14 +16,16 @@ from collections.abc import Callable
 import keras
 
 from cnnlab.errors import ConfigError
-from cnnlab.nn.schedules import make_schedule
+from cnnlab.nn.schedules import PerOptimizerStep, make_schedule
 
 __all__ = [
     "DEFAULT_LEARNING_RATES",
     "LAYERWISE",
     "OPTIMIZERS",
+    "accumulating",
     "layerwise_optimizer",
     "make_optimizer",
+    "optimizer_steps",
 ]
 
 DEFAULT_LEARNING_RATES = {"adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3, "sgd": 0.05}
@@ -48,16 +50,20 @@ def peak_learning_rate(cfg) -> float:
 
 
 def make_optimizer(
-    cfg, steps_per_epoch: int | None = None, *, learning_rate=None
+    cfg, steps_per_epoch: int | None = None, *, learning_rate=None, accumulation_steps: int = 1
 ) -> keras.optimizers.Optimizer:
     """The config's optimizer with its schedule (``cfg.schedule`` over ``cfg.epochs``).
 
     Args:
         cfg: a ``TrainConfig`` (``optimizer``, ``learning_rate``, ``schedule``,
             ``weight_decay``, ``momentum``, ``nesterov``, ...).
-        steps_per_epoch: batches per epoch, to lay the schedule out in steps.
+        steps_per_epoch: optimizer steps (batches) per epoch, to lay the schedule out.
         learning_rate: a fixed rate (a float) or a Keras schedule instead of the
             configured schedule (the learning-rate range test sets the rate itself).
+        accumulation_steps: micro-batches per batch: Keras' ``gradient_accumulation_steps``
+            (the optimizer applies the mean of their gradients every that many calls), with
+            the schedule wrapped in :class:`~cnnlab.nn.schedules.PerOptimizerStep` so it
+            still counts optimizer steps.
 
     Example:
         >>> make_optimizer(TrainConfig(optimizer="sgd", schedule="linear"), 40)
@@ -76,7 +82,33 @@ def make_optimizer(
                 fix="Pass steps_per_epoch, or a fixed learning_rate",
             )
         learning_rate = make_schedule(cfg, steps_per_epoch, peak_learning_rate(cfg))
-    return OPTIMIZERS[cfg.optimizer](cfg, learning_rate)
+    optimizer = OPTIMIZERS[cfg.optimizer](cfg, learning_rate)
+    if accumulation_steps > 1:
+        return accumulating(optimizer, accumulation_steps)
+    return optimizer
+
+
+def accumulating(optimizer, accumulation_steps: int) -> keras.optimizers.Optimizer:
+    """A copy of ``optimizer`` that accumulates ``accumulation_steps`` micro-batches'
+    gradients per step, its schedule still counting optimizer steps."""
+    config = optimizer.get_config()
+    lr = optimizer._learning_rate  # the schedule object (get_config holds its dict)
+    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+        config["learning_rate"] = PerOptimizerStep(lr, accumulation_steps)
+    config["gradient_accumulation_steps"] = int(accumulation_steps)
+    return type(optimizer).from_config(config)
+
+
+def optimizer_steps(optimizer) -> tuple[int, bool]:
+    """``(optimizer steps taken, whether the last call applied one)``.
+
+    Without gradient accumulation every call applies a step. With it, Keras counts
+    micro-batches in ``optimizer._iterations`` and applies the accumulated gradients
+    when that count reaches a multiple of ``gradient_accumulation_steps``.
+    """
+    every = int(getattr(optimizer, "gradient_accumulation_steps", None) or 1)
+    calls = int(keras.ops.convert_to_numpy(optimizer._iterations))
+    return calls // every, calls % every == 0
 
 
 def _layerwise(base_cls: type) -> type:

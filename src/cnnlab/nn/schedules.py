@@ -12,6 +12,13 @@ function that builds it; :func:`make_schedule` reads it.
 | step      | linear warm-up, then × ``step_gamma`` at each of ``step_epochs`` |
 | onecycle  | fastai/PyTorch one-cycle (ignores warm-up) |
 | linear    | airbench's: 0.2× → 1× over the warm-up, then linearly to 0.07× |
+
+Schedules count *optimizer* steps. With gradient accumulation (micro-batches,
+``cnnlab.training.memory``) Keras calls the schedule with its raw counter, which
+advances once per micro-batch; :class:`PerOptimizerStep` wraps a schedule so it
+sees ``counter // accumulation_steps``, the optimizer steps taken (at the step that
+applies the accumulated gradients, exactly the step the schedule would see without
+micro-batches).
 """
 
 from __future__ import annotations
@@ -24,7 +31,13 @@ from keras import ops
 
 from cnnlab.errors import ConfigError
 
-__all__ = ["SCHEDULES", "LinearWarmupDecay", "WarmupSchedule", "make_schedule"]
+__all__ = [
+    "SCHEDULES",
+    "LinearWarmupDecay",
+    "PerOptimizerStep",
+    "WarmupSchedule",
+    "make_schedule",
+]
 
 
 @keras.saving.register_keras_serializable(package="cnnlab")
@@ -133,6 +146,38 @@ class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_steps": self.warmup_steps,
             "start": self.start,
             "end": self.end,
+        }
+
+
+@keras.saving.register_keras_serializable(package="cnnlab")
+class PerOptimizerStep(keras.optimizers.schedules.LearningRateSchedule):
+    """``schedule`` evaluated at optimizer steps when each step accumulates the gradients
+    of ``accumulation_steps`` micro-batches.
+
+    Keras' optimizers call their schedule with the micro-batch counter
+    (``optimizer._iterations``); ``optimizer.iterations`` is that counter divided by
+    ``gradient_accumulation_steps``. This wrapper divides too, so a schedule laid out
+    over ``steps_per_epoch * epochs`` optimizer steps ends where it should.
+
+    Example:
+        >>> s = PerOptimizerStep(LinearWarmupDecay(1.0, total_steps=10), 4)
+        >>> float(s(4 * 10 - 1)) == float(LinearWarmupDecay(1.0, total_steps=10)(9))
+        True
+    """
+
+    def __init__(self, schedule, accumulation_steps: int):
+        if isinstance(schedule, dict):
+            schedule = keras.saving.deserialize_keras_object(schedule)
+        self.schedule = schedule
+        self.accumulation_steps = max(1, int(accumulation_steps))
+
+    def __call__(self, step):
+        return self.schedule(ops.floor_divide(step, self.accumulation_steps))
+
+    def get_config(self):
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "accumulation_steps": self.accumulation_steps,
         }
 
 

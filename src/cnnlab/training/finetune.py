@@ -24,6 +24,7 @@ import numpy as np
 
 from cnnlab.config import TrainConfig, normalise_keys, read_yaml_mapping, resolve_config
 from cnnlab.errors import ConfigError, ModelError
+from cnnlab.training.memory import refuse_outside_train
 
 log = logging.getLogger("cnnlab")
 
@@ -212,10 +213,14 @@ def _parse_unfreeze(value: str) -> tuple[str, float]:
 
 
 def resolve_finetune_config(
-    config: TrainConfig | dict | str | Path | None = None, overrides: dict[str, Any] | None = None
+    config: TrainConfig | dict | str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    command: str = "finetune",
 ) -> tuple[TrainConfig, FineTuneOptions]:
     """Split a config (object, dict or YAML path) plus overrides into training keys and
     fine-tuning options, with fine-tuning defaults (``mobilenet``, ``imagenet``, 10 epochs).
+    Keys only ``cnnlab train`` uses (``micro_batch_size``, ``memory_budget``) are refused,
+    naming ``command``.
 
     Example:
         >>> cfg, opts = resolve_finetune_config({"unfreeze": "all"}, {"epochs": 3})
@@ -229,6 +234,7 @@ def resolve_finetune_config(
     ft = {k: v for k, v in {**raw, **given}.items() if k in ft_keys}
     base = {**FINETUNE_DEFAULTS, **{k: v for k, v in raw.items() if k in train_keys}}
     cfg = resolve_config(base, {k: v for k, v in given.items() if k in train_keys})
+    refuse_outside_train(cfg, command)
     return cfg, _coerce_options(ft)
 
 

@@ -72,13 +72,26 @@ def accuracy_metrics(top_k: int, num_classes: int) -> list:
     ]
 
 
-def compile_model(model, cfg, steps_per_epoch: int, num_classes: int, optimizer=None) -> None:
+def compile_model(
+    model,
+    cfg,
+    steps_per_epoch: int,
+    num_classes: int,
+    optimizer=None,
+    *,
+    accumulation_steps: int = 1,
+) -> None:
     """The config's optimizer and schedule (or ``optimizer``), smoothed cross-entropy,
-    accuracy and top-k."""
+    accuracy and top-k.
+
+    ``steps_per_epoch`` counts optimizer steps; with ``accumulation_steps`` > 1 each of
+    them accumulates that many micro-batches (see ``make_optimizer``).
+    """
     import keras
 
     model.compile(
-        optimizer=optimizer or make_optimizer(cfg, steps_per_epoch),
+        optimizer=optimizer
+        or make_optimizer(cfg, steps_per_epoch, accumulation_steps=accumulation_steps),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=accuracy_metrics(cfg.top_k, num_classes),
     )

@@ -44,6 +44,7 @@ from cnnlab import config as _config
 from cnnlab.config import RECIPES, TrainConfig, load_yaml
 from cnnlab.data.augment import NO_FLIP_DATASETS
 from cnnlab.errors import ConfigError
+from cnnlab.nn.optimizers import optimizer_steps
 
 log = logging.getLogger("cnnlab")
 
@@ -208,6 +209,10 @@ class Lookahead(keras.callbacks.Callback):
     At the last step the slow copy becomes the model. All float weights take
     part, BatchNorm's running statistics included (as airbench's state_dict).
 
+    Steps are optimizer steps: with micro-batches (gradient accumulation) Keras calls
+    this after every micro-batch, and it acts only after the ones that applied a step,
+    so ``total_steps`` is ``steps_per_epoch * epochs`` either way.
+
     Example:
         >>> model.fit(ds, epochs=10, callbacks=[Lookahead(total_steps=10 * len(ds))])
     """
@@ -231,7 +236,9 @@ class Lookahead(keras.callbacks.Callback):
             v.assign(slow)
 
     def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
+        step, stepped = optimizer_steps(self.model.optimizer)
+        if not stepped:  # a micro-batch whose gradients were only accumulated
+            return
         if step >= self.total_steps:
             self._blend(1.0)  # the slow copy is the final model
         elif step % self.every == 0:

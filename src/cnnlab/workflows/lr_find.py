@@ -149,6 +149,7 @@ def _resolve(config, overrides: dict[str, Any]):
     from cnnlab.config import resolve_config
     from cnnlab.models import get_spec
     from cnnlab.training.finetune import resolve_finetune_config
+    from cnnlab.training.memory import refuse_outside_train
 
     model_name = overrides.get("model") or (
         config.get("model") if isinstance(config, dict) else None
@@ -157,7 +158,8 @@ def _resolve(config, overrides: dict[str, Any]):
     if spec is not None and not spec.pretrained:
         cfg = resolve_config(config, overrides)  # scratch models: no fine-tuning defaults
     else:
-        cfg, _ = resolve_finetune_config(config, overrides)
+        cfg, _ = resolve_finetune_config(config, overrides, command="lr-find")
+    refuse_outside_train(cfg, "lr-find")
     return cfg, get_spec(cfg.model)
 
 

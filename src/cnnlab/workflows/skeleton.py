@@ -187,6 +187,7 @@ class RunContext:
     started: float = field(default_factory=time.time)
     extra_callbacks: list = field(default_factory=list)
     scratch: bool = False  # ``run`` is a multi-worker helper's scratch folder, deleted after
+    memory: Any = None  # train: the MemoryEstimate its batches were planned with
 
     @property
     def n_train(self) -> int:
@@ -316,7 +317,7 @@ def score_held_out(model, ctx: RunContext, metrics: dict):
             image_size=bundle.image_size,
             channels=bundle.channels,
             resize=bundle.resize,
-            batch_size=bundle.batch_size,
+            batch_size=bundle.eval_batch_size or bundle.batch_size,  # bounded scoring memory
             skip_bad_images=cfg.skip_bad_images,
             data_dir=cfg.data_dir,
         )
@@ -369,6 +370,10 @@ def finish_run(ctx: RunContext, final, metrics: dict) -> tuple[Any, Path | None]
     save_model(final, run.model)
     evaluation, scored, split = score_held_out(final, ctx, metrics)
     metrics["total_seconds_this_session"] = round(time.time() - ctx.started, 2)
+    if isinstance(metrics.get("memory"), dict):  # the estimate against the measured peak
+        from cnnlab.training.memory import peak_resident_bytes
+
+        metrics["memory"]["measured_peak_gb"] = round(peak_resident_bytes() / 1e9, 3)
     write_json(run.metrics, metrics)
     report = None
     if evaluation is None:

@@ -127,6 +127,7 @@ def train(
     final = best_model(ctx, model, use_best=cfg.recipe != "fast")
     metrics = checkpoint_metrics(ctx, checkpoint.state, final)
     metrics["train_seconds_this_session"] = round(seconds, 2)
+    metrics["memory"] = ctx.memory.record() if ctx.memory else None
     if cluster:
         metrics["multiworker"] = cluster
     evaluation, report = finish_run(ctx, final, metrics)
@@ -242,13 +243,21 @@ def _build(start: _Start, cfg: TrainConfig, bundle, started: float):
             if chief:
                 run.truncate_history(epochs_done)
             log.info("Resuming %s after epoch %d of %d", run.path, epochs_done, cfg.epochs)
+            plan = _plan_memory(model, cfg, bundle, resumed=True)
         else:
             options = model_options(spec, cfg, bundle)
             model = create_model(
                 cfg.model, bundle.num_classes, bundle.image_size, bundle.channels, **options
             )
             recipes.prepare_model(model, bundle)  # e.g. fit airbench's whitening layer
-            compile_model(model, cfg, steps_per_epoch(cfg, bundle), bundle.num_classes)
+            plan = _plan_memory(model, cfg, bundle, resumed=False)
+            compile_model(
+                model,
+                cfg,
+                steps_per_epoch(cfg, bundle),  # optimizer steps, whatever the micro-batches
+                bundle.num_classes,
+                accumulation_steps=plan.micro_batches,
+            )
     if not chief:  # the chief writes the run; this worker's callbacks write to a scratch folder
         ctx = RunContext(scratch_config(cfg), bundle, scratch_run_folder(), strategy, started)
         ctx.scratch = True
@@ -258,6 +267,7 @@ def _build(start: _Start, cfg: TrainConfig, bundle, started: float):
         run.write_setup(cfg.to_dict(), bundle, cfg.seed)
         check_data(bundle, run)
     ctx = RunContext(cfg, bundle, run, strategy, started)
+    ctx.memory = plan
     log.info("Run folder: %s", run.path)
     log.info(
         "Model: %s, %s parameters, strategy %s (%d replica(s))",
@@ -267,6 +277,19 @@ def _build(start: _Start, cfg: TrainConfig, bundle, started: float):
         strategy.num_replicas_in_sync,
     )
     return ctx, model, epochs_done
+
+
+def _plan_memory(model, cfg: TrainConfig, bundle, *, resumed: bool):
+    """Log the memory estimate, choose the micro-batch (``cfg.micro_batch_size`` records
+    one below the batch, so the run repeats and resumes with it) and batch the pipelines
+    for it: the training batch cut into micro-batches, scoring at the evaluation batch."""
+    from cnnlab.training.memory import plan_memory
+
+    plan = plan_memory(model, cfg, bundle, resumed=resumed)
+    if plan.micro_batches > 1 or cfg.micro_batch_size is not None:
+        cfg.micro_batch_size = plan.micro_batch_size
+    bundle.set_batching(cfg.batch_size, plan.micro_batches, plan.eval_batch_size)
+    return plan
 
 
 def _fit(ctx: RunContext, model, epochs_done: int, state: dict | None):
