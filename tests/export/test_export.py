@@ -113,9 +113,7 @@ def test_fp16_agreement_leaves_out_near_ties_but_not_real_flips():
     assert tie.passed and tie.agreement == 0.99
     assert tie.near_ties == 1 and tie.decisive_agreement == 1.0
     row = {"format": "tflite-fp16", "file": "model_fp16.tflite", "bytes": 10}
-    assert format_table([{**row, "parity": tie.to_dict()}]).endswith(
-        "ok (1 near-ties not counted)"
-    )
+    assert format_table([{**row, "parity": tie.to_dict()}]).endswith("ok (1 near-ties not counted)")
     flipped[1] = [0.05, 0.9, 0.05]  # a confident image changes class: broken
     broken = measure("tflite-fp16", flipped, reference, None)
     assert not broken.passed
