@@ -383,3 +383,52 @@ def test_progress_lines_go_to_the_stream_when_no_log_shows_them():
     lines = stream.getvalue().splitlines()
     assert lines[0].startswith("Scanning: 3 of 4 files (75 %), ") and lines[0].endswith(" left")
     assert lines[1].startswith("Scanning: 4 files in ") and len(lines) == 2
+
+
+def test_large_scans_read_in_worker_processes_with_the_same_results(messy_folder, monkeypatch):
+    from cnnlab.data import scan
+
+    paths = sorted(str(p) for p in messy_folder.rglob("*") if p.is_file()) * 6  # 84 files
+    used = []
+    real = scan._read_in_processes
+
+    def spy(read, files, workers):
+        used.append((len(files), workers))
+        yield from real(read, files, workers)
+
+    monkeypatch.setattr(scan, "_read_in_processes", spy)
+    monkeypatch.setattr(scan, "PROCESS_MIN_FILES", 64)
+    in_processes = scan_images(paths, cache=False)
+    monkeypatch.setattr(scan, "PROCESS_MIN_FILES", 10**9)
+    in_threads = scan_images(paths, cache=False)
+    if sys.platform == "linux" and (os.cpu_count() or 1) > 1:
+        assert used == [(84, os.cpu_count())]
+    assert in_processes == in_threads
+    assert sorted({Path(i.path).name for i in in_processes if not i.ok}) == [
+        "empty.jpg",
+        "notes.jpg",
+        "truncated.jpg",
+    ]
+
+
+def test_a_broken_worker_pool_falls_back_to_threads_for_the_rest(messy_folder, monkeypatch, caplog):
+    from concurrent.futures.process import BrokenProcessPool
+
+    from cnnlab.data import scan
+
+    paths = sorted(str(p) for p in messy_folder.rglob("*") if p.is_file()) * 6
+    expected = scan_images(paths, cache=False)
+
+    def breaks_after_ten(read, files, workers):
+        yield from map(read, files[:10])
+        raise BrokenProcessPool("a worker was killed")
+
+    monkeypatch.setattr(scan, "_read_in_processes", breaks_after_ten)
+    monkeypatch.setattr(scan, "PROCESS_MIN_FILES", 64)
+    monkeypatch.setattr(scan.sys, "platform", "linux")
+    monkeypatch.setattr(scan.os, "cpu_count", lambda: 2)
+    caplog.set_level(logging.WARNING, logger="cnnlab")
+    assert scan_images(paths, cache=False) == expected
+    assert "Reading files in worker processes failed (a worker was killed); using threads" in (
+        caplog.text
+    )

@@ -2,7 +2,7 @@
 
 One truncated JPEG would otherwise kill training mid-epoch with a TensorFlow
 error that does not say which file. The scan decodes each file completely with
-Pillow (in threads: decoding releases the GIL) and keeps what later stages
+Pillow (in worker processes for large folders, else threads) and keeps what later stages
 need: format, colour mode and size. The same read gives the dataset check's
 per-file result (:func:`cnnlab.data.imagefile.read_image`), which it caches for
 the check that follows: a cold run reads and decodes each file once.
@@ -10,11 +10,15 @@ the check that follows: a cold run reads and decodes each file once.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import multiprocessing
 import os
+import sys
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 
 from cnnlab._progress import Progress
@@ -66,18 +70,40 @@ def scan_image(path: str) -> ImageInfo:
     return ImageInfo(path, **read_image(path, check=False).scan)
 
 
+# From this many files the scan reads in one process per core instead of threads:
+# Pillow's decode releases the GIL but the rest of a file's work (hashing, the
+# thumbnail, building the result) does not, so 8 threads kept one core busy (10.8 s
+# of CPU in 10.6 s for 6,000 ImageNet-sized JPEGs).
+PROCESS_MIN_FILES = 2048
+
+
 def _read_many(paths: Sequence[str], workers: int | None, check: bool) -> Iterator[FileRead]:
-    """Read files in parallel threads, yielding results in the order of ``paths``."""
-
-    def read(path: str) -> FileRead:
-        return read_image(path, check)
-
+    """Read files in parallel, yielding results in the order of ``paths``: in forked
+    worker processes for large sets on Linux (threads if they fail), else in threads."""
+    read = functools.partial(read_image, check=check)
     if len(paths) < 64:
         yield from map(read, paths)
         return
-    workers = workers or min(8, (os.cpu_count() or 2) * 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(read, paths, chunksize=64)
+    cores = os.cpu_count() or 1
+    done = 0
+    if len(paths) >= PROCESS_MIN_FILES and cores > 1 and sys.platform == "linux":
+        try:
+            for result in _read_in_processes(read, paths, workers or cores):
+                done += 1
+                yield result
+            return
+        except (BrokenProcessPool, OSError) as e:
+            log.warning("Reading files in worker processes failed (%s); using threads", e)
+    with ThreadPoolExecutor(max_workers=workers or min(8, cores * 2)) as pool:
+        yield from pool.map(read, paths[done:], chunksize=64)
+
+
+def _read_in_processes(read, paths: Sequence[str], workers: int) -> Iterator[FileRead]:
+    # fork: the workers start at once and import nothing; they run Pillow, hashlib and
+    # NumPy only, never TensorFlow, so the parent's TensorFlow threads do not matter.
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        yield from pool.map(read, paths, chunksize=256)
 
 
 def _store(store: FileCache, path: str, key, info: ImageInfo, read: FileRead) -> None:
