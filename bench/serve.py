@@ -186,50 +186,77 @@ def ensure_export(name: str, export: Path) -> Path:
     return folder
 
 
+def serve_and_load(model: Path, name: str, body: bytes, args, rows: list) -> tuple:
+    """Serve ``model``, load it with 1 then 8 clients (rows appended); its memory, start time."""
+    proc, url, start_s = start_server(model, args.threads)
+    try:
+        for clients in (1, 8):
+            each = args.requests if clients == 1 else max(25, args.requests // 4)
+            r = {"model": name, "file": model.name, **load(url, body, clients, each)}
+            rows.append(r)
+            print(
+                f"  {name:<13} {model.name:<18} {clients} client(s): "
+                f"{r['requests_per_s']:7.1f} req/s, p50 {r['p50_ms']:6.1f} ms, "
+                f"p99 {r['p99_ms']:6.1f} ms",
+                flush=True,
+            )
+        return proc_memory(proc.pid), start_s
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="mobilenet_v2,airbench")
     parser.add_argument("--export", default="/tmp/cnnlab-bench-export")
     parser.add_argument("--requests", type=int, default=200, help="per client at 1 client")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--files",
+        default="model.onnx",
+        help="comma list of export files to serve, each in turn [model.onnx]; e.g. "
+        "model.onnx,model_int8.tflite",
+    )
     args = parser.parse_args()
     rows, records = [], []
     body = bodies()
     for name in args.models.split(","):
         folder = ensure_export(name, Path(args.export))
-        proc, url, start_s = start_server(folder / "model.onnx", args.threads)
-        try:
-            for clients in (1, 8):
-                each = args.requests if clients == 1 else max(25, args.requests // 4)
-                r = {"model": name, **load(url, body[name], clients, each)}
-                rows.append(r)
-                print(
-                    f"  {name:<13} {clients} client(s): {r['requests_per_s']:7.1f} req/s, "
-                    f"p50 {r['p50_ms']:6.1f} ms, p99 {r['p99_ms']:6.1f} ms",
-                    flush=True,
-                )
-            memory = proc_memory(proc.pid)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
         ref = tf_reference(folder / "model.keras")
-        records.append(
-            {
-                "model": name,
-                "serve_start_s": start_s,
-                "serve_memory_mb": memory,
-                "tensorflow_reference": ref,
-            }
-        )
-        print(
-            f"  {name}: cnnlab serve ready in {start_s:.2f} s, {memory['rss_mb']:.0f} MB "
-            f"resident ({memory['peak_mb']:.0f} MB peak); TensorFlow process "
-            f"{ref['start_s']:.2f} s, {ref['peak_mb']:.0f} MB peak",
-            flush=True,
-        )
+        for file in args.files.split(","):
+            if not (folder / file).is_file():
+                print(f"  {name}: no {file} in {folder}; skipped")
+                continue
+            memory, start_s = serve_and_load(folder / file, name, body[name], args, rows)
+            records.append(
+                {
+                    "model": name,
+                    "file": file,
+                    "serve_start_s": start_s,
+                    "serve_memory_mb": memory,
+                    "tensorflow_reference": ref,
+                }
+            )
+            print(
+                f"  {name} {file}: cnnlab serve ready in {start_s:.2f} s, "
+                f"{memory['rss_mb']:.0f} MB resident ({memory['peak_mb']:.0f} MB peak); "
+                f"TensorFlow process {ref['start_s']:.2f} s, {ref['peak_mb']:.0f} MB peak",
+                flush=True,
+            )
     print(
         table(
-            rows, ["model", "clients", "requests", "errors", "requests_per_s", "p50_ms", "p99_ms"]
+            rows,
+            [
+                "model",
+                "file",
+                "clients",
+                "requests",
+                "errors",
+                "requests_per_s",
+                "p50_ms",
+                "p99_ms",
+            ],
         )
     )
     path = append_result("serve", {"args": vars(args), "load": rows, "processes": records})

@@ -194,6 +194,42 @@ def test_check_before_training(leaky, tmp_path, caplog):
     assert check_before_training(load_data("builtin:digits")) is None  # in memory: nothing to check
 
 
+def test_check_after_the_scan_finds_what_a_fast_check_alone_finds(leaky, tmp_path):
+    """Before training the check takes the thumbnails of the scan's full decode; a fast check
+    alone makes them from a reduced-scale JPEG decode. They differ by about a grey level:
+    the same duplicates, near pairs and leakage either way."""
+    from cnnlab.data import load_data
+    from cnnlab.data.inspect.files import examine_file
+
+    root, expected = leaky
+    jpegs = tmp_path / "jpegs"  # 192 px JPEGs: the fast decode reads them at half scale
+    for png in sorted(root.rglob("*.*")):
+        out = jpegs / png.relative_to(root).with_suffix(".jpg")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(png).convert("RGB").resize((192, 192), Image.Resampling.BICUBIC).save(out)
+    full, fast = (examine_file(str(jpegs / "train/cat/cat07.jpg"), f)[1] for f in (True, False))
+    difference = np.abs(full.astype(int) - fast.astype(int))
+    assert 0 < difference.mean() < 3 and difference.max() <= 8  # grey levels of 255
+
+    bundle = load_data(f"folder:{jpegs}", val_split=0.2, seed=0)
+    after_scan = check_before_training(bundle)
+    alone = inspect_data(
+        bundle.source, split=bundle.split, full_decode=False, cache=False, quiet=True
+    )
+
+    def found(report) -> tuple:
+        return (
+            sorted((p["a"], p["b"], p["exact"]) for p in report.leakage),
+            sorted((p["a"], p["b"]) for p in report.near_pairs),
+            sorted(sorted(g["files"]) for g in report.exact_groups),
+            report.label_conflicts,
+        )
+
+    assert found(after_scan) == found(alone)
+    leaked = {(_rel(p["a"], jpegs / "train"), _rel(p["b"], jpegs / "test")) for p in alone.leakage}
+    assert leaked == {(a[:-4] + ".jpg", b[:-4] + ".jpg") for a, b in expected}
+
+
 # --------------------------------------------------------------------------- near-duplicate search
 def planted_hashes(n: int, max_distance: int, seed: int) -> tuple[np.ndarray, set[tuple[int, int]]]:
     """Random 63-bit hashes with planted near copies (0 to d + 2 bits away, some sharing one

@@ -133,7 +133,9 @@ def test_changed_added_and_removed_files_are_rescanned_alone(image_folder, decod
     assert by_path[touched] == first[0]
     decodes.clear()
     assert scan_images(paths2) == second and decodes == []  # and cached again
-    assert [row["entries"] for row in cache_summary()] == [24]  # the removed file's row is gone
+    # 24 files, each with the scan's entry and the check's from the same read; the
+    # removed file's rows are gone
+    assert [row["entries"] for row in cache_summary()] == [48]
 
 
 def test_cache_bypassed_and_cleared(image_folder, decodes, monkeypatch):
@@ -181,11 +183,92 @@ def test_dataset_check_is_cached_per_file(image_folder, decodes):
     inspect_data(f"folder:{image_folder}")
     assert len(decodes) == 1  # the touched file alone (read from its bytes)
     decodes.clear()
-    fast = inspect_data(f"folder:{image_folder}", full_decode=False)  # its own entries
-    assert len(decodes) == 24 and fast.num_images == 24
+    fast = inspect_data(f"folder:{image_folder}", full_decode=False)  # takes the full entries
+    assert decodes == [] and fast.num_images == 24
     decodes.clear()
     inspect_data(f"folder:{image_folder}", cache=False)
     assert len(decodes) == 24
+    clear_cache()
+    decodes.clear()
+    inspect_data(f"folder:{image_folder}", full_decode=False)  # fast entries only...
+    inspect_data(f"folder:{image_folder}")  # ...do not stand in for a full decode
+    assert len(decodes) == 48
+
+
+# --------------------------------------------------------------------------- one read per file
+@pytest.fixture
+def reads(monkeypatch):
+    """Counts the files whose bytes are read (by the scan and the dataset check alike)."""
+    from cnnlab.data import imagefile
+
+    read: list[str] = []
+    real = imagefile._read_bytes
+    monkeypatch.setattr(imagefile, "_read_bytes", lambda path: read.append(path) or real(path))
+    return read
+
+
+def _cached_files(paths: list[str], kind: str) -> int:
+    from cnnlab.data.scan_cache import FileCache
+
+    store = FileCache.open(paths, kind)
+    hits, _ = store.lookup(paths)
+    store.close()
+    return len(hits)
+
+
+def test_cold_run_reads_and_decodes_each_file_once(image_folder, decodes, reads):
+    """The pre-flight scan's one read and full decode also give the check's result: the
+    check before training finds every file in the cache, and finds what it finds unaided."""
+    from cnnlab.data.inspect import check_before_training, inspect_data
+    from cnnlab.data.scan_cache import CHECK_FULL, SCAN
+
+    bundle = load_data(f"folder:{image_folder}", seed=0)
+    paths = sorted(str(p) for p in bundle.source.paths)
+    assert sorted(decodes) == sorted(reads) == paths  # each file once
+    assert _cached_files(paths, SCAN) == _cached_files(paths, CHECK_FULL) == 24
+    decodes.clear()
+    reads.clear()
+    report = check_before_training(bundle)
+    assert decodes == [] and reads == []  # the check read nothing
+    unaided = inspect_data(
+        bundle.source, split=bundle.split, full_decode=False, cache=False, quiet=True
+    )
+    assert len(reads) == 24  # this one did read every file
+    report_dict, unaided_dict = report.to_dict(), unaided.to_dict()
+    report_dict["seconds"] = unaided_dict["seconds"] = 0
+    assert report_dict == unaided_dict
+
+
+def test_touched_file_is_read_once_for_the_scan_and_the_check(image_folder, decodes, reads):
+    from cnnlab.data.inspect import check_before_training
+    from cnnlab.data.scan_cache import CHECK_FULL, SCAN
+
+    spec = f"folder:{image_folder}"
+    check_before_training(load_data(spec))
+    touched = str(image_folder / "circle" / "circle_000.png")
+    os.utime(touched, ns=(time.time_ns(), time.time_ns() + 10**9))
+    paths = sorted(str(p) for p in image_folder.rglob("*.png"))
+    assert _cached_files(paths, SCAN) == _cached_files(paths, CHECK_FULL) == 23
+    decodes.clear()
+    reads.clear()
+    check_before_training(load_data(spec))
+    assert decodes == reads == [touched]  # the scan's one read; the check none
+    assert _cached_files(paths, SCAN) == _cached_files(paths, CHECK_FULL) == 24
+    assert [row["entries"] for row in cache_summary()] == [48]
+
+
+def test_no_cache_scan_does_not_make_the_checks_thumbnails(image_folder, reads, monkeypatch):
+    """Without a cache to keep it, the scan skips the check's part (digest, thumbnail)."""
+    from cnnlab.data import imagefile
+
+    made: list[int] = []
+    real = imagefile._thumbnail
+    monkeypatch.setattr(imagefile, "_thumbnail", lambda im: made.append(1) or real(im))
+    _, infos = _infos(image_folder)
+    assert len(made) == 24
+    made.clear()
+    paths = sorted(str(p) for p in image_folder.rglob("*.png"))
+    assert scan_images(paths, cache=False) == infos and made == []
 
 
 # --------------------------------------------------------------------------- progress
@@ -263,6 +346,30 @@ def test_data_inspect_no_cache_and_quiet_flags(image_folder, tmp_path, capsys, m
     assert "24 images, 2 classes" in capsys.readouterr().out
 
 
+def test_train_quiet_silences_the_scan_and_check_progress(
+    image_folder, tmp_path, monkeypatch, capsys
+):
+    """`cnnlab train -q` shows no progress of the pre-flight scan or the dataset check (it
+    used to print the scan's lines to stderr); without -q both show theirs."""
+    from cnnlab._progress import Progress
+    from cnnlab.cli.main import main
+
+    monkeypatch.setitem(Progress.__init__.__kwdefaults__, "log_every", 0.0)  # a line per file
+    monkeypatch.setenv("CNNLAB_NO_CACHE", "1")  # so that the check reads the files too
+
+    def train(*flags: str) -> str:
+        args = ["--data", f"folder:{image_folder}", "--epochs", "1", "-b", "8"]
+        args += ["--model-kwargs", "filters=[8] dense=[8]", "--runs-dir", str(tmp_path / "runs")]
+        assert main(["train", *args, *flags]) == 0
+        return capsys.readouterr().err
+
+    quiet = train("-q")
+    assert "Scanning" not in quiet and "Checking" not in quiet
+    shown = train()
+    assert "cnnlab: Scanning: 1 of 24 files (4 %)" in shown
+    assert "cnnlab: Checking: 1 of 24 files (4 %)" in shown
+
+
 def test_progress_lines_go_to_the_stream_when_no_log_shows_them():
     """``cnnlab data inspect`` in a pipe sets up no logging: the lines are printed instead."""
     from cnnlab._progress import Progress
@@ -276,3 +383,52 @@ def test_progress_lines_go_to_the_stream_when_no_log_shows_them():
     lines = stream.getvalue().splitlines()
     assert lines[0].startswith("Scanning: 3 of 4 files (75 %), ") and lines[0].endswith(" left")
     assert lines[1].startswith("Scanning: 4 files in ") and len(lines) == 2
+
+
+def test_large_scans_read_in_worker_processes_with_the_same_results(messy_folder, monkeypatch):
+    from cnnlab.data import scan
+
+    paths = sorted(str(p) for p in messy_folder.rglob("*") if p.is_file()) * 6  # 84 files
+    used = []
+    real = scan._read_in_processes
+
+    def spy(read, files, workers):
+        used.append((len(files), workers))
+        yield from real(read, files, workers)
+
+    monkeypatch.setattr(scan, "_read_in_processes", spy)
+    monkeypatch.setattr(scan, "PROCESS_MIN_FILES", 64)
+    in_processes = scan_images(paths, cache=False)
+    monkeypatch.setattr(scan, "PROCESS_MIN_FILES", 10**9)
+    in_threads = scan_images(paths, cache=False)
+    if sys.platform == "linux" and (os.cpu_count() or 1) > 1:
+        assert used == [(84, os.cpu_count())]
+    assert in_processes == in_threads
+    assert sorted({Path(i.path).name for i in in_processes if not i.ok}) == [
+        "empty.jpg",
+        "notes.jpg",
+        "truncated.jpg",
+    ]
+
+
+def test_a_broken_worker_pool_falls_back_to_threads_for_the_rest(messy_folder, monkeypatch, caplog):
+    from concurrent.futures.process import BrokenProcessPool
+
+    from cnnlab.data import scan
+
+    paths = sorted(str(p) for p in messy_folder.rglob("*") if p.is_file()) * 6
+    expected = scan_images(paths, cache=False)
+
+    def breaks_after_ten(read, files, workers):
+        yield from map(read, files[:10])
+        raise BrokenProcessPool("a worker was killed")
+
+    monkeypatch.setattr(scan, "_read_in_processes", breaks_after_ten)
+    monkeypatch.setattr(scan, "PROCESS_MIN_FILES", 64)
+    monkeypatch.setattr(scan.sys, "platform", "linux")
+    monkeypatch.setattr(scan.os, "cpu_count", lambda: 2)
+    caplog.set_level(logging.WARNING, logger="cnnlab")
+    assert scan_images(paths, cache=False) == expected
+    assert "Reading files in worker processes failed (a worker was killed); using threads" in (
+        caplog.text
+    )

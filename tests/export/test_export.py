@@ -102,6 +102,33 @@ def test_a_failed_export_prints_the_table_then_the_error_and_its_fix(
     assert error.endswith("or a looser thresholds= in Python.")
 
 
+def test_fp16_agreement_leaves_out_near_ties_but_not_real_flips():
+    from cnnlab.export.parity import format_table, measure
+
+    reference = np.tile([[0.9, 0.05, 0.05]], (100, 1))
+    reference[0] = [0.499, 0.497, 0.004]  # a near-tie: top-2 margin 0.002
+    flipped = reference.copy()
+    flipped[0] = [0.497, 0.499, 0.004]  # fp16 rounding flips it
+    tie = measure("tflite-fp16", flipped, reference, None)
+    assert tie.passed and tie.agreement == 0.99
+    assert tie.near_ties == 1 and tie.decisive_agreement == 1.0
+    row = {"format": "tflite-fp16", "file": "model_fp16.tflite", "bytes": 10}
+    assert format_table([{**row, "parity": tie.to_dict()}]).endswith("ok (1 near-ties not counted)")
+    flipped[1] = [0.05, 0.9, 0.05]  # a confident image changes class: broken
+    broken = measure("tflite-fp16", flipped, reference, None)
+    assert not broken.passed
+    assert broken.problems == [
+        "top-1 agreement 98.99% < 99.50% on the 99 images that are not near-ties "
+        "(Keras' top-1 leads by 0.05 or more)"
+    ]
+    labels = reference.argmax(1)
+    labels[:3] = 2  # Keras is wrong on 3 images, fp16 on 3 more: 6 points below
+    worse = reference.copy()
+    worse[3:6] = [0.05, 0.05, 0.9]
+    dropped = measure("tflite-fp16", worse, reference, labels, {"fp16_agreement": 0.0})
+    assert dropped.problems == ["accuracy 94.00% is more than 1 point(s) below Keras' 97.00%"]
+
+
 def test_unknown_format_names_the_choices():
     with pytest.raises(
         ConfigError,

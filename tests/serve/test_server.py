@@ -164,3 +164,21 @@ def test_limits_must_be_positive(export_run, flag, value, shown):
     )
     assert done.returncode == 2
     assert f"cnnlab: error: {flag} must be positive; received {shown}." in done.stderr
+
+
+def test_connections_are_accepted_without_nagle_delaying_the_response_body():
+    import socket
+
+    from cnnlab.serve.server import listening_socket
+
+    # With Nagle on, uvicorn's separately written body waited for the client's
+    # delayed ACK: 40 ms on every keep-alive request.
+    server = listening_socket("127.0.0.1", 0)
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    try:
+        assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        for s in (accepted, client, server):
+            s.close()

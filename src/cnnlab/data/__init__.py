@@ -267,6 +267,7 @@ def load_data(
     data_dir: str | None = None,
     split: Split | None = None,
     scan: bool = True,
+    quiet: bool = False,
 ) -> DataBundle:
     """Open a data source, scan its files, split it and prepare the pipelines.
 
@@ -278,6 +279,7 @@ def load_data(
         channels: 1 or 3; default: 1 when every image is grayscale, else 3.
         split: reuse a saved :class:`Split` instead of drawing a new one.
         skip_bad_images: leave undecodable files out instead of failing.
+        quiet: no progress bar (terminal) or progress lines (elsewhere) for the scan.
 
     Returns:
         A :class:`DataBundle` with ``train``, ``val``, ``test`` pipelines.
@@ -293,7 +295,7 @@ def load_data(
     skip = None
     if source.is_files and scan:
         log.info("Scanning %d files for images that cannot be decoded...", len(source))
-        infos = scan_images(list(source.paths))
+        infos = scan_images(list(source.paths), quiet=quiet)
         bad = [i for i in infos if not i.ok]
         if bad and not skip_bad_images:
             raise BadImagesError(bad, spec)
@@ -306,7 +308,7 @@ def load_data(
         split = make_split(source, val_split, test_split, seed, skip=skip)
     if image_size is None or channels is None:
         if source.is_files and not infos:
-            infos = scan_images(list(source.paths[:200]))
+            infos = scan_images(list(source.paths[:200]), quiet=quiet)
         size0, ch0 = _default_geometry(source, infos)
         image_size = image_size or size0
         channels = channels or ch0

@@ -24,7 +24,8 @@ def record_checks(
 ):
     """One FileCheck and one thumbnail per packed image (``names``: each image's split name
     for the report, ``labels``: its class name), like ``inspect.files.file_checks``."""
-    from cnnlab.data.inspect.files import THUMB, FileCheck, _decode
+    from cnnlab.data.imagefile import THUMB, _decode
+    from cnnlab.data.inspect.files import FileCheck
 
     index = source.records
     thumbs = np.zeros((len(source), THUMB, THUMB), np.uint8)

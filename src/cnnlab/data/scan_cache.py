@@ -37,6 +37,11 @@ log = logging.getLogger("cnnlab")
 CACHE_VERSION = "1"
 _BATCH = 2000  # rows per transaction while results arrive
 
+# The kinds of entry: the pre-flight scan's, and the dataset check's with a full decode
+# (written by the scan too, from the same read) or a reduced-scale one.
+SCAN, CHECK_FULL, CHECK_FAST = "scan", "check-full", "check-fast"
+KINDS = (SCAN, CHECK_FULL, CHECK_FAST)
+
 
 def cache_dir() -> Path:
     """Where the cache files live: ``$CNNLAB_CACHE_DIR`` or ``~/.cache/cnnlab/scan/``."""
@@ -116,15 +121,19 @@ def _stat(path: str) -> tuple[int, int] | None:
 class FileCache:
     """One source folder's cache file, for one kind of result (``scan``, ``check-full``...).
 
+    ``also``: other kinds whose entries count as hits too, preferred to this kind's own
+    (a fast check takes a full-decode check's result: it is at least as good).
+
     Example:
         >>> cache = FileCache.open(paths, "scan")       # None when disabled
         >>> hits, keys = cache.lookup(paths)            # {index: (value, blob)}, stat per path
         >>> cache.store([(paths[i], keys[i], value, None) for i, value in results])
     """
 
-    def __init__(self, db: Path, kind: str, folder: str = ""):
+    def __init__(self, db: Path, kind: str, folder: str = "", also: Sequence[str] = ()):
         self.db, self.kind = db, kind
-        self._pending: list[tuple] = []
+        self.kinds = (*[k for k in also if k != kind], kind)  # lookup order, preferred first
+        self._pending: dict[str, list[tuple]] = {}
         self.conn = sqlite3.connect(db, timeout=60, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -143,7 +152,9 @@ class FileCache:
             )
 
     @classmethod
-    def open(cls, paths: Sequence[str], kind: str, cache: bool | None = None) -> FileCache | None:
+    def open(
+        cls, paths: Sequence[str], kind: str, cache: bool | None = None, also: Sequence[str] = ()
+    ) -> FileCache | None:
         """The cache for these files, or None when disabled or when it cannot be opened."""
         if not cache_enabled(cache) or not paths:
             return None
@@ -153,7 +164,7 @@ class FileCache:
         db = cache_dir() / f"{name or 'root'}-{digest}.sqlite"
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
-            return cls(db, kind, folder)
+            return cls(db, kind, folder, also)
         except (OSError, sqlite3.Error) as e:
             log.warning("Scan cache unavailable (%s: %s); scanning every file", db, e)
             return None
@@ -163,40 +174,55 @@ class FileCache:
     ) -> tuple[dict[int, tuple[str, bytes | None]], list[tuple[int, int] | None]]:
         """Cached results of unchanged files, by index; and each file's (size, mtime_ns).
 
-        Entries of this kind for files that no longer exist are dropped.
+        A file's entry of the first of :attr:`kinds` that has one for its current size
+        and mtime is the hit. Files that no longer exist and have an entry of these kinds
+        lose their entries of every kind.
         """
         absolute = [_absolute(p) for p in paths]
         keys = [_stat(p) for p in absolute]
-        rows = {
-            path: (size, mtime, value, blob)
-            for path, size, mtime, value, blob in self.conn.execute(
-                "SELECT path, size, mtime_ns, value, blob FROM files WHERE kind=?", (self.kind,)
-            )
-        }
-        hits = {}
-        for i, (path, key) in enumerate(zip(absolute, keys)):
-            row = rows.pop(path, None)
-            if row is not None and key is not None and (row[0], row[1]) == key:
-                hits[i] = (row[2], row[3])
-        gone = [p for p in rows if not os.path.exists(p)]  # rows of files not asked for
+        hits: dict[int, tuple[str, bytes | None]] = {}
+        gone: set[str] = set()
+        for kind in self.kinds:
+            rows = {
+                path: (size, mtime, value, blob)
+                for path, size, mtime, value, blob in self.conn.execute(
+                    "SELECT path, size, mtime_ns, value, blob FROM files WHERE kind=?", (kind,)
+                )
+            }
+            for i, (path, key) in enumerate(zip(absolute, keys)):
+                row = rows.pop(path, None)
+                if i not in hits and row is not None and key is not None and row[:2] == key:
+                    hits[i] = (row[2], row[3])
+            gone.update(p for p in rows if not os.path.exists(p))  # rows of files not asked for
         if gone:
-            self._execute_many("DELETE FROM files WHERE kind=? AND path=?", gone)
+            self._delete(sorted(gone))
         return hits, keys
 
-    def _execute_many(self, sql: str, paths: Iterable[str]) -> None:
+    def _delete(self, paths: Sequence[str]) -> None:
+        """Drop every entry (of any kind) of these files."""
+        kinds = dict.fromkeys((*KINDS, *self.kinds))  # by (kind, path): the table's key
         try:
             with self.conn:
-                self.conn.executemany(sql, ((self.kind, p) for p in paths))
+                self.conn.executemany(
+                    "DELETE FROM files WHERE kind=? AND path=?",
+                    ((k, p) for k in kinds for p in paths),
+                )
         except sqlite3.Error as e:
             log.warning("Scan cache not updated (%s: %s)", self.db, e)
 
-    def store(self, items: Iterable[tuple[str, tuple[int, int] | None, str, bytes | None]]) -> None:
-        """Save ``(path, (size, mtime_ns), value, blob)`` rows, in transactions of _BATCH."""
+    def store(
+        self,
+        items: Iterable[tuple[str, tuple[int, int] | None, str, bytes | None]],
+        kind: str | None = None,
+    ) -> None:
+        """Save ``(path, (size, mtime_ns), value, blob)`` rows of ``kind`` (default: this
+        cache's), in transactions of _BATCH."""
+        kind = kind or self.kind
         batch = []
         for path, key, value, blob in items:
             if key is None:  # could not stat: nothing to key it by
                 continue
-            batch.append((self.kind, _absolute(path), key[0], key[1], value, blob))
+            batch.append((kind, _absolute(path), key[0], key[1], value, blob))
             if len(batch) >= _BATCH:
                 self._insert(batch)
                 batch = []
@@ -212,16 +238,27 @@ class FileCache:
         except sqlite3.Error as e:
             log.warning("Scan cache not updated (%s: %s)", self.db, e)
 
-    def add(self, path: str, key: tuple[int, int] | None, value: str, blob: bytes | None) -> None:
-        """Queue one row as results arrive; written _BATCH rows at a time, the rest by close."""
-        self._pending.append((path, key, value, blob))
-        if len(self._pending) >= _BATCH:
-            self.store(self._pending)
-            self._pending = []
+    def add(
+        self,
+        path: str,
+        key: tuple[int, int] | None,
+        value: str,
+        blob: bytes | None,
+        kind: str | None = None,
+    ) -> None:
+        """Queue one row (of ``kind``, default this cache's) as results arrive; written
+        _BATCH rows at a time, the rest by close."""
+        kind = kind or self.kind
+        pending = self._pending.setdefault(kind, [])
+        pending.append((path, key, value, blob))
+        if len(pending) >= _BATCH:
+            self.store(pending, kind)
+            pending.clear()
 
     def close(self) -> None:
         """Write the queued rows and close the file."""
-        if self._pending:
-            self.store(self._pending)
-            self._pending = []
+        for kind, pending in self._pending.items():
+            if pending:
+                self.store(pending, kind)
+        self._pending = {}
         self.conn.close()

@@ -88,7 +88,9 @@ def render_page(meta: dict) -> str:
         f"{meta['format']} · {n} classes · input {inp['height']}×{inp['width']}×"
         f"{inp['channels']} ({inp['resize']}) · nothing leaves this server"
     )
-    data = json.dumps({"class_names": meta["class_names"], "model": meta["model"]}).replace("</", "<\\/")
+    data = json.dumps({"class_names": meta["class_names"], "model": meta["model"]}).replace(
+        "</", "<\\/"
+    )
     return (
         _PAGE.replace("__TITLE__", html.escape(str(meta["model"])))
         .replace("__SUBTITLE__", html.escape(subtitle))

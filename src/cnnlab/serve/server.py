@@ -52,6 +52,27 @@ def resolve_model(model: str | os.PathLike) -> Path:
     )
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's TCP socket, bound and listening, Nagle's algorithm off."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # No Nagle: uvicorn writes a response's headers and body separately, and with Nagle
+    # the body waited for the client's delayed ACK of the headers: 40 ms on every
+    # keep-alive request (GET /health took 44-48 ms, its headers 0.8 ms). Accepted
+    # connections inherit the option from the listening socket on Linux.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        raise RunError(
+            f"Cannot listen on {host}:{port} ({e.strerror})",
+            fix="Pick another --port (0 picks a free one)",
+        ) from None
+    sock.listen(2048)
+    return sock
+
+
 def run_server(
     model, *, host: str = "127.0.0.1", port: int = 8000, threads: int = 2, **options
 ) -> None:
@@ -73,17 +94,7 @@ def run_server(
             fix="Serve the .onnx or .tflite export of the same run",
         )
     app = create_app(artifact, ServeOptions(threads=threads, **options))
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        raise RunError(
-            f"Cannot listen on {host}:{port} ({e.strerror})",
-            fix="Pick another --port (0 picks a free one)",
-        ) from None
-    sock.listen(2048)
+    sock = listening_socket(host, port)
     bound = sock.getsockname()[1]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{bound}/"
     print(

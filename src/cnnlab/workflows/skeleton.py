@@ -82,7 +82,8 @@ def augment_options(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def data_from_config(cfg: TrainConfig, *, image_size=None, split=None):
-    """``load_data`` with every data key of a training config (train, fine_tune, lr_find)."""
+    """``load_data`` with every data key of a training config (train, fine_tune, lr_find);
+    ``verbose=0`` (``-q``) silences the scan's progress too."""
     from cnnlab.data import load_data
 
     return load_data(
@@ -101,6 +102,7 @@ def data_from_config(cfg: TrainConfig, *, image_size=None, split=None):
         skip_bad_images=cfg.skip_bad_images,
         data_dir=cfg.data_dir,
         split=split,
+        quiet=cfg.verbose == 0,
     )
 
 
@@ -155,13 +157,14 @@ def log_data(cfg: TrainConfig, bundle) -> None:
     )
 
 
-def check_data(bundle, run: RunFolder) -> None:
+def check_data(bundle, run: RunFolder, quiet: bool = False) -> None:
     """The dataset check (duplicates, leakage across the drawn split, odd files), logged and
-    written to the run folder. Advisory: a failure here never stops training."""
+    written to the run folder; ``quiet``: no progress output. Advisory: a failure here
+    never stops training."""
     from cnnlab.data.inspect import check_before_training
 
     try:
-        check_before_training(bundle, run.path)
+        check_before_training(bundle, run.path, quiet=quiet)
     except Exception as e:  # noqa: BLE001 - advisory: any failure only warns
         log.warning(
             "The dataset check could not run (%s: %s); training goes on", type(e).__name__, e

@@ -265,7 +265,7 @@ def _build(start: _Start, cfg: TrainConfig, bundle, started: float):
     if run is None:
         run = RunFolder.create(cfg.runs_dir, spec.name, bundle.image_size, cfg.name, cfg.overwrite)
         run.write_setup(cfg.to_dict(), bundle, cfg.seed)
-        check_data(bundle, run)
+        check_data(bundle, run, quiet=cfg.verbose == 0)
     ctx = RunContext(cfg, bundle, run, strategy, started)
     ctx.memory = plan
     log.info("Run folder: %s", run.path)
