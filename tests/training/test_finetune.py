@@ -354,7 +354,7 @@ def test_lr_find_cli_writes_the_sweep_and_prints_the_suggestion(image_folder, ru
     assert f"plot: {folder / 'lr_find.png'}" in out
     sweep = json.loads((folder / "lr_find.json").read_text())
     assert sweep["stage"] == "full" and sweep["model"] == "simple_cnn"
-    assert (sweep["start_lr"], sweep["end_lr"]) == (1e-4, 0.01)
+    assert (sweep["start_learning_rate"], sweep["end_learning_rate"]) == (1e-4, 0.01)
     assert sweep["steps_run"] == 12 and sweep["batch_size"] == 8
     with open(folder / "lr_find.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnnlab import _html as H
-from cnnlab.evaluation.plots import _pyplot
+from cnnlab.evaluation.plots import pyplot
 
 EPS = 1e-12
 
@@ -146,7 +146,7 @@ def reliability_png(
 
     ``calibrated`` (bins after temperature scaling) is drawn as a line on top.
     """
-    plt = _pyplot()
+    plt = pyplot()
     lower = np.array(bins["lower"])
     width = np.array(bins["upper"]) - lower
     acc = np.array([a if a is not None else 0.0 for a in bins["accuracy"]])

@@ -25,7 +25,7 @@ import yaml
 from cnnlab import _html as H
 from cnnlab._io import read_json, write_json, write_text
 from cnnlab.errors import RunError
-from cnnlab.evaluation.plots import _pyplot, write_png
+from cnnlab.evaluation.plots import pyplot, write_png
 from cnnlab.run_folder import RunFolder, read_history
 
 # Columns of the table: (key, heading). Settings that differ between runs are added after these.
@@ -169,7 +169,7 @@ def format_table(rows: list[dict]) -> str:
 def _curves_png(rows: list[dict]) -> bytes | None:
     if not any(r["history"].get("loss") for r in rows):
         return None
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     panels = [("loss", "loss"), ("accuracy", "accuracy"), ("learning_rate", "learning rate")]

@@ -19,7 +19,9 @@ from cnnlab._io import atomic_write
 LABELLED_CLASSES = 30
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display): every figure
+    cnnlab writes is drawn through it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,7 +80,7 @@ def confusion_matrix_png(
     (see :func:`row_normalised`). Sized so that 100 classes stay legible
     (scroll, don't shrink); up to 30 classes every cell carries its number.
     """
-    plt = _pyplot()
+    plt = pyplot()
     shown = np.asarray(matrix, np.float64)
     n = len(class_names)
     many = n > LABELLED_CLASSES

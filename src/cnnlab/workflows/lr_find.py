@@ -215,8 +215,8 @@ def _write_files(result: LRFindResult, cfg, spec, bundle, output_dir, lr_range) 
         "data": cfg.data,
         "optimizer": cfg.optimizer,
         "batch_size": cfg.batch_size,
-        "start_lr": lr_range[0],
-        "end_lr": lr_range[1],
+        "start_learning_rate": lr_range[0],
+        "end_learning_rate": lr_range[1],
         "steps_run": len(result.learning_rates),
         "image_size": [h, w],
     }
@@ -225,10 +225,10 @@ def _write_files(result: LRFindResult, cfg, spec, bundle, output_dir, lr_range) 
 
 
 def _plot(result: LRFindResult, path: Path, title: str) -> None:
-    from cnnlab.evaluation.plots import _pyplot
+    from cnnlab.evaluation.plots import pyplot
 
     lrs, smoothed, suggestion = result.learning_rates, result.smoothed, result.suggestion
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.plot(lrs, result.losses, color="0.75", linewidth=0.8, label="loss per batch")
     ax.plot(lrs, smoothed, color="C0", linewidth=1.8, label="smoothed")

@@ -8,7 +8,7 @@ import numpy as np
 from cnnlab import _html as H
 from cnnlab.evaluation.calibration import reliability_png
 from cnnlab.evaluation.gradcam import overlay
-from cnnlab.evaluation.plots import _pyplot, confusion_matrix_png
+from cnnlab.evaluation.plots import confusion_matrix_png, pyplot
 
 TRAIN_COLOUR, VAL_COLOUR = "#4c78a8", "#f58518"
 
@@ -17,7 +17,7 @@ def curves_png(history: dict[str, list[float]]) -> bytes | None:
     """Loss, accuracy (and learning rate) per epoch, train and validation; None without history."""
     if not history or "loss" not in history:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     epochs = np.arange(1, len(history["loss"]) + 1)
     panels = [("loss", "loss"), ("accuracy", "accuracy")]
     if "learning_rate" in history:
