@@ -4,6 +4,7 @@ the one used, workers get disjoint shards, a bad --to is refused, a packed set t
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -80,9 +81,12 @@ def test_resized_pack_re_encodes_at_the_new_size(mixed_folder, tmp_path):
     assert shapes == {(8, 8)}
 
 
-def test_the_stored_split_is_the_one_every_run_uses(mixed_folder, tmp_path):
+def test_the_stored_split_is_the_one_every_run_uses(mixed_folder, tmp_path, caplog):
+    from cnnlab.data.splits import make_split
+
     out = tmp_path / "packed"
     pack(f"folder:{mixed_folder}", out, shards=2, val_split=0.2, test_split=0.2, seed=3, quiet=True)
+    caplog.set_level(logging.INFO, logger="cnnlab")
     records = _records(out)
     for r in records:  # each split in its own shards
         assert r["shard"].startswith(r["split"].decode() + "-")
@@ -103,6 +107,10 @@ def test_the_stored_split_is_the_one_every_run_uses(mixed_folder, tmp_path):
     rows = np.array([4, 0, 2])
     got = np.concatenate([np.argmax(y, 1) for _, y in data.subset("train", rows)])
     assert list(got) == list(data.examples("train")["labels"][rows])
+    # Said once per source, though a recipe may draw the split again.
+    for _ in range(2):
+        assert make_split(data.source, val_split=0.1, test_split=0.1, seed=0).counts()["val"] == 6
+    assert caplog.text.count("Using the split stored when the data were packed: 20 train") == 1
 
 
 def test_each_worker_reads_its_own_disjoint_part(mixed_folder, tmp_path):
