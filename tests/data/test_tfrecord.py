@@ -220,6 +220,24 @@ def test_pack_train_and_evaluate_through_the_cli(image_folder, tmp_path, capsys)
     assert main(["evaluate", str(runs / "tfr")]) == 0
     said = capsys.readouterr().out
     assert "macro avg" in said and "confusion_matrix.png" in said
+    assert (runs / "tfr" / "report.html").is_file()
+
+
+def test_report_thumbnails_of_packed_images_are_read_from_the_shards(mixed_folder, tmp_path):
+    import io
+
+    from cnnlab.evaluation.report.figures import thumbnails
+
+    out = tmp_path / "packed"
+    pack(f"folder:{mixed_folder}", out, shards=2, val_split=0.2, test_split=0.2, seed=3, quiet=True)
+    data = load_data(f"tfrecord:{out}", batch_size=4)
+    pngs = thumbnails(data, "test", np.array([4, 1]))
+    (x, _), *_ = list(data.subset("test", np.array([4, 1]), batch_size=2))
+    for png, pixels in zip(pngs, np.asarray(x).astype(np.uint8)):
+        image = np.asarray(Image.open(io.BytesIO(png)))
+        assert image.shape[:2] == pixels.shape[:2]
+        assert np.array_equal(image.reshape(pixels.shape), pixels)
+    assert len(pngs) == 2
 
 
 @pytest.mark.parametrize("kind", ["folder", "tfrecord"])

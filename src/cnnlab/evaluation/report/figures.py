@@ -76,7 +76,15 @@ def thumbnails(bundle, split: str, rows: np.ndarray, max_side: int = 160) -> lis
     ex = bundle.examples(split)
     if "paths" in ex:
         return [H.file_png(str(ex["paths"][r]), max_side) for r in rows]
-    return [H.array_png(ex["images"][r], max_side) for r in rows]
+    if "images" in ex:
+        return [H.array_png(ex["images"][r], max_side) for r in rows]
+    # tfrecord: the images stay in the shards; read these rows back as the pipeline decodes them
+    rows = np.asarray(rows, np.int64)
+    images = [np.asarray(x) for x, _ in bundle.subset(split, rows, batch_size=64)]
+    if not images:
+        return []
+    pixels = np.clip(np.concatenate(images), 0, 255).astype(np.uint8)
+    return [H.array_png(p, max_side) for p in pixels]
 
 
 def gradcam_pngs(image: np.ndarray, map_pred: np.ndarray, map_true: np.ndarray | None):
