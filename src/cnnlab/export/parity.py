@@ -125,9 +125,10 @@ def _fp16_agreement(result: Parity, probs: np.ndarray, reference: np.ndarray, t:
 
     Rounding the weights to fp16 moves the probabilities: on a MobileNetV2 fine-tune
     from 200 flower photos at 96 px (test accuracy 0.60, median top-1 probability
-    0.6) by 0.006 at the median and 0.04 at most, which flipped 2 of its 300 test
-    images, each a near-tie (top-2 margins 0.002-0.02). That is the model's own
-    indecision, not a broken file. So agreement is required on the images whose
+    0.6) by 0.006 at the median and 0.04 at most, and flipped 2 of its 300 test
+    images (5 when resized by Pillow), each a near-tie (top-2 margins 0.002-0.02).
+    That is the model's own indecision, not a broken file. So agreement is required
+    on the images whose
     Keras top-1 leads by ``fp16_tie_margin`` or more (the rest are counted), and
     the accuracy may fall at most ``fp16_accuracy_drop`` below Keras'.
     """
