@@ -86,25 +86,21 @@ def test_files_decode_in_batches_in_order_and_a_file_broken_after_the_scan_costs
         p = tmp_path / f"{i}.png"
         Image.fromarray(np.full((4, 4, 3), 10 * i, np.uint8)).save(p)
         paths.append(str(p))
-    ds = make_dataset(
-        np.arange(6) % 2,
-        num_classes=2,
-        image_size=(4, 4),
-        channels=3,
-        paths=np.array(paths),
-        batch_size=6,
-    )
-    assert [int(v) for v in next(iter(ds))[0].numpy()[:, 0, 0, 0]] == [0, 10, 20, 30, 40, 50]
+
+    def first_batch():
+        ds = make_dataset(
+            np.arange(6) % 2,
+            num_classes=2,
+            image_size=(4, 4),
+            channels=3,
+            paths=np.array(paths),
+            batch_size=6,
+        )
+        return next(iter(ds))[0].numpy()
+
+    assert [int(v) for v in first_batch()[:, 0, 0, 0]] == [0, 10, 20, 30, 40, 50]
     (tmp_path / "3.png").write_bytes(b"not an image any more")
-    ds = make_dataset(
-        np.arange(6) % 2,
-        num_classes=2,
-        image_size=(4, 4),
-        channels=3,
-        paths=np.array(paths),
-        batch_size=6,
-    )
-    x = next(iter(ds))[0].numpy()  # the epoch goes on without files 2 and 3
+    x = first_batch()  # the epoch goes on without files 2 and 3
     assert [int(v) for v in x[:, 0, 0, 0]] == [0, 10, 40, 50]
 
 
