@@ -26,7 +26,7 @@ import yaml
 
 from cnnlab.errors import ConfigError, close_matches
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "muon")
 # "linear" is the fast recipe's (airbench): warm-up from 0.2x, then linear decay to 0.07x.
 SCHEDULES = ("constant", "cosine", "step", "onecycle", "linear")
 RECIPES = ("auto", "fast", "plain")  # see cnnlab.training.recipes

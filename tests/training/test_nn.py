@@ -30,6 +30,7 @@ def test_registered_names_are_those_saved_files_hold():
         schedules.WarmupSchedule,
         schedules.LinearWarmupDecay,
         *optimizers.LAYERWISE.values(),
+        optimizers.ConvMuon,
     ]
     assert [keras.saving.get_registered_name(c) for c in named] == [
         "cnnlab>DiracInit",
@@ -43,6 +44,7 @@ def test_registered_names_are_those_saved_files_hold():
         "cnnlab>LayerwiseAdamW",
         "cnnlab>LayerwiseSGD",
         "cnnlab>LayerwiseRMSprop",
+        "cnnlab>ConvMuon",
     ]
 
 
@@ -75,6 +77,59 @@ def test_the_factory_refuses_what_it_cannot_build():
         optimizers.make_optimizer(cfg, 10)
     with pytest.raises(ConfigError, match="needs steps_per_epoch"):
         optimizers.make_optimizer(TrainConfig())
+
+
+@pytest.mark.parametrize("shape", [(36, 8), (8, 36)])
+def test_orthogonalize_keeps_the_singular_vectors_and_brings_the_values_near_one(shape):
+    g = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    g[:, 0] *= 50  # one direction far stronger than the others, as in a real gradient
+    o = keras.ops.convert_to_numpy(optimizers.orthogonalize(g, steps=5))
+    u, s, vt = np.linalg.svd(g, full_matrices=False)
+    inner = u.T @ o @ vt.T  # diagonal when o shares g's singular vectors
+    assert np.abs(inner - np.diag(np.diag(inner))).max() < 1e-3
+    assert np.all((np.diag(inner) > 0.5) & (np.diag(inner) < 1.6))  # 50x spread became < 3.2x
+
+
+def test_conv_muon_normalises_and_orthogonalises_kernels_and_steps_the_rest_as_sgd():
+    rng = np.random.default_rng(1)
+    kernel0 = rng.normal(size=(3, 3, 4, 8)).astype(np.float32)
+    bias0 = rng.normal(size=(8,)).astype(np.float32)
+    gk = rng.normal(size=kernel0.shape).astype(np.float32)
+    gb = rng.normal(size=bias0.shape).astype(np.float32)
+    settings = dict(momentum=0.9, nesterov=True, weight_decay=0.1)
+    muon = optimizers.ConvMuon(0.5, kernel_learning_rate_ratio=0.2, **settings)
+    kernel, bias = keras.Variable(kernel0), keras.Variable(bias0)
+    muon.apply_gradients([(keras.ops.convert_to_tensor(gk), kernel), (gb, bias)])
+    # The bias: exactly Keras' SGD (decoupled decay included).
+    sgd_bias = keras.Variable(bias0)
+    keras.optimizers.SGD(0.5, **settings).apply_gradients([(gb, sgd_bias)])
+    np.testing.assert_allclose(bias.numpy(), sgd_bias.numpy(), rtol=1e-6)
+    # The kernel: rescaled to norm sqrt(out) = sqrt(8), no decay, then a step of
+    # lr x ratio = 0.1 along the orthogonalised gradient as a (3*3*4, 8) matrix.
+    step = keras.ops.convert_to_numpy(optimizers.orthogonalize(gk.reshape(-1, 8)))
+    expected = kernel0 * np.sqrt(8) / np.linalg.norm(kernel0) - 0.1 * step.reshape(kernel0.shape)
+    np.testing.assert_allclose(kernel.numpy(), expected, rtol=1e-4, atol=1e-5)
+    # A second step rescales again: the kernel's norm stays near sqrt(out).
+    muon.apply_gradients([(keras.ops.convert_to_tensor(gk), kernel), (gb, bias)])
+    assert np.linalg.norm(kernel.numpy()) == pytest.approx(np.sqrt(8), rel=0.05)
+
+
+def test_muon_is_a_config_choice_and_reloads_with_its_settings(tmp_path):
+    cfg = TrainConfig(optimizer="muon", schedule="linear", epochs=2, learning_rate=1.5)
+    opt = optimizers.make_optimizer(cfg, steps_per_epoch=5)
+    assert isinstance(opt, optimizers.ConvMuon) and isinstance(opt, keras.optimizers.SGD)
+    # Kernels step at 0.24 x sqrt(batch / 1024) at the schedule's peak: 0.06 at batch 64.
+    assert opt.kernel_learning_rate_ratio * 1.5 == pytest.approx(0.06)
+    assert optimizers.kernel_learning_rate(1024) == pytest.approx(0.24)
+    model = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.Flatten()]
+    )
+    model.compile(optimizer=opt, loss="mse")
+    model.fit(np.ones((4, 8, 8, 3)), np.zeros((4, 144)), verbose=0)
+    save_model(model, tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras")
+    assert type(again.optimizer).__name__ == "ConvMuon"
+    assert again.optimizer.kernel_momentum == 0.6 and again.optimizer.ns_steps == 3
 
 
 LOAD_SCRIPT = """

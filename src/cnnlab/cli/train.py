@@ -114,8 +114,9 @@ Examples:
     "--optimizer",
     "--opt",
     "optimizer",
-    type=click.Choice(["adam", "adamw", "sgd", "rmsprop"]),
-    help="Optimizer [adam].",
+    type=click.Choice(["adam", "adamw", "sgd", "rmsprop", "muon"]),
+    help="Optimizer [adam]. muon: SGD whose convolution kernels take orthogonalised "
+    "steps (the fast recipe's for colour images).",
 )
 @click.option(
     "--learning-rate",

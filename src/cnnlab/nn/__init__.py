@@ -6,16 +6,18 @@ optimizer with Keras, which is all that loading a ``.keras`` file needs
 
 - ``cnnlab.nn.layers``: DiracInit, ScaledBias, PatchWhitening, TTAViews, TTAPool;
 - ``cnnlab.nn.schedules``: WarmupSchedule, LinearWarmupDecay and the table of schedules;
-- ``cnnlab.nn.optimizers``: ``make_optimizer`` (the one optimizer factory) and the
-  layer-wise optimizers of fine-tuning.
+- ``cnnlab.nn.optimizers``: ``make_optimizer`` (the one optimizer factory), the
+  layer-wise optimizers of fine-tuning and ``ConvMuon`` (SGD with orthogonalised
+  steps for convolution kernels, the fast recipe's).
 """
 
 from cnnlab.nn import layers, optimizers, schedules
-from cnnlab.nn.optimizers import LAYERWISE, make_optimizer
+from cnnlab.nn.optimizers import LAYERWISE, ConvMuon, make_optimizer
 from cnnlab.nn.schedules import LinearWarmupDecay, WarmupSchedule
 
 __all__ = [
     "LAYERWISE",
+    "ConvMuon",
     "LinearWarmupDecay",
     "WarmupSchedule",
     "layers",

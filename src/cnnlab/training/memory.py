@@ -198,7 +198,7 @@ def tta_views(model) -> int:
 
 def optimizer_slots(optimizer: str) -> int:
     """Variables the optimizer keeps per weight (momentum, second moments)."""
-    return {"sgd": 1, "rmsprop": 1, "adam": 2, "adamw": 2}.get(str(optimizer), 2)
+    return {"sgd": 1, "muon": 1, "rmsprop": 1, "adam": 2, "adamw": 2}.get(str(optimizer), 2)
 
 
 # ---------------------------------------------------------------------- the data's side
