@@ -25,6 +25,9 @@ The baseline stops early once its training time passes ``--budget-minutes``;
 the fast recipe always runs its ``--epochs``.
 Times are training wall time (the first epoch includes decoding and caching
 the JPEGs); the one-off file scan and set-up are reported separately.
+Each run trains in a child process of its own, so the peak resident memory
+reported beside it (``getrusage``'s ``ru_maxrss``, what ``/usr/bin/time -v``
+prints) is that run's alone: set-up, training and the test scoring.
 
 Usage:
     python bench/cifar10_time_to_accuracy.py                       # full: the recipe's defaults, baseline 30 epochs
@@ -190,6 +193,103 @@ def time_to(curve: list, prefix: str, threshold: float) -> tuple[float | None, s
     return best
 
 
+def contenders(args) -> list[str]:
+    """The runs of this bench call, in order: ``fast``, ``sprint:W:E[:B]``…, ``baseline``."""
+    out = []
+    if args.only in (None, "fast"):
+        out.append("fast")
+        out += [
+            f"sprint:{w:g}:{e}" + (f":{b}" if b else "") for w, e, b in parse_sprints(args.sprint)
+        ]
+    if args.only in (None, "baseline"):
+        out.append("baseline")
+    return out
+
+
+def run_contender(spec: str, root: Path, args) -> dict:
+    """Train one contender in this process; its curve, set-up info and peak RSS."""
+    import resource
+
+    import numpy as np
+
+    from cnnlab.data import load_data
+
+    tb = load_data(
+        f"folder:{root / 'test'}", val_split=0.0, test_split=0.0, batch_size=500, augment="none"
+    )
+    # Decoded once into memory, so each scoring costs only the forward passes.
+    x_test = np.concatenate([x.numpy() for x, _ in tb.dataset("train", training=False)])
+    test = (x_test, np.asarray(tb.examples("train")["labels"]))
+    curve: list[dict] = []
+    if spec == "fast":
+        from cnnlab.training.recipes import FAST
+
+        width, epochs = args.width or FAST["width"], args.epochs or FAST["epochs"]
+        print(f"fast recipe: airbench width {width}, {epochs} epochs", flush=True)
+        name, info = "fast", run_fast(root, args, test, curve, "fast", args.width, args.epochs)
+    elif spec.startswith("sprint:"):
+        ((w, e, b),) = parse_sprints([spec.removeprefix("sprint:")])
+        name = f"fast-sprint w{w:g} {e}ep" + (f" b{b}" if b else "")
+        print(f"{name}: airbench width {w}, {e} epochs, batch {b or 'default'}", flush=True)
+        info = run_fast(root, args, test, curve, name, w, e, b)
+    else:
+        name = "baseline"
+        print(
+            f"baseline: Keras example CNN, Adam 1e-3, batch 64, {args.baseline_epochs} epochs",
+            flush=True,
+        )
+        info = run_baseline(root, args, test, curve)
+    # The whole process's peak, as `/usr/bin/time -v` reports it (KiB on Linux).
+    info["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    return {"name": name, "curve": curve, "info": info}
+
+
+def run_in_subprocess(spec: str, argv: list[str]) -> dict:
+    """Run one contender in a child process of its own, so its peak RSS is its own."""
+    import json
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, __file__, *argv, "--contender", spec, "--result-file", str(out)]
+        done = subprocess.run(cmd, check=False)
+        if done.returncode != 0 or not out.exists():
+            raise SystemExit(
+                f"contender {spec} failed (exit {done.returncode}); its output is above"
+            )
+        return json.loads(out.read_text())
+
+
+def summarise(curve: list, info: dict) -> list[dict]:
+    """Print the per-epoch curve, time to each threshold, and each run's final figures."""
+    print("\nTest accuracy after each epoch (training wall time, s):")
+    print(_common.table(curve, ["contender", "epoch", "train_seconds", "test_accuracy"]))
+    summary = []
+    for th in THRESHOLDS:
+        (f, run), (b, _) = time_to(curve, "fast", th), time_to(curve, "baseline", th)
+        summary.append(
+            {
+                "accuracy": f"{th:.0%}",
+                "cnnlab s": f,
+                "cnnlab run": run,
+                "baseline s": b,
+                "baseline / cnnlab": (b / f) if f and b else None,
+            }
+        )
+    print("\nTime to accuracy (cnnlab: the fastest of its runs to get there):")
+    print(_common.table(summary))
+    print("\nEach run (peak RSS: the whole process, set-up, training and scoring):")
+    for name in dict.fromkeys(r["contender"] for r in curve):
+        rows = [r for r in curve if r["contender"] == name]
+        best = max(r["test_accuracy"] for r in rows)
+        print(
+            f"{name}: final {rows[-1]['test_accuracy']:.4f} after {rows[-1]['epoch']} epochs, "
+            f"{rows[-1]['train_seconds']:.0f} s; best {best:.4f}; "
+            f"peak RSS {info[name]['peak_rss_gb']:.2f} GB"
+        )
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -216,63 +316,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["fast", "baseline"], help="run one contender")
     ap.add_argument("--runs", help="output folder for the fast run's run folder [a temp dir]")
     ap.add_argument("--seed", type=int, default=42)
+    # Internal: one contender in this process, its result written as JSON (see run_in_subprocess).
+    ap.add_argument("--contender", help=argparse.SUPPRESS)
+    ap.add_argument("--result-file", help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
 
-    import numpy as np
-
-    from cnnlab.data import load_data
-
     root = _common.cifar10_folder(args.data, args.cache_dir)
+    if args.contender:
+        import json
+
+        result = run_contender(args.contender, root, args)
+        Path(args.result_file).write_text(json.dumps(result))
+        return 0
     print(f"CIFAR-10 at {root}", flush=True)
-    tb = load_data(
-        f"folder:{root / 'test'}", val_split=0.0, test_split=0.0, batch_size=500, augment="none"
-    )
-    # Decoded once into memory, so each scoring costs only the forward passes.
-    x_test = np.concatenate([x.numpy() for x, _ in tb.dataset("train", training=False)])
-    test = (x_test, np.asarray(tb.examples("train")["labels"]))
     curve: list[dict] = []
-    info = {}
-    if args.only in (None, "fast"):
-        from cnnlab.training.recipes import FAST
-
-        width, epochs = args.width or FAST["width"], args.epochs or FAST["epochs"]
-        print(f"fast recipe: airbench width {width}, {epochs} epochs", flush=True)
-        info["fast"] = run_fast(root, args, test, curve, "fast", args.width, args.epochs)
-        for w, e, b in parse_sprints(args.sprint):
-            name = f"fast-sprint w{w:g} {e}ep" + (f" b{b}" if b else "")
-            print(f"{name}: airbench width {w}, {e} epochs, batch {b or 'default'}", flush=True)
-            info[name] = run_fast(root, args, test, curve, name, w, e, b)
-    if args.only in (None, "baseline"):
-        print(
-            f"baseline: Keras example CNN, Adam 1e-3, batch 64, {args.baseline_epochs} epochs",
-            flush=True,
-        )
-        info["baseline"] = run_baseline(root, args, test, curve)
-
-    print("\nTest accuracy after each epoch (training wall time, s):")
-    print(_common.table(curve, ["contender", "epoch", "train_seconds", "test_accuracy"]))
-    summary = []
-    for th in THRESHOLDS:
-        (f, run), (b, _) = time_to(curve, "fast", th), time_to(curve, "baseline", th)
-        summary.append(
-            {
-                "accuracy": f"{th:.0%}",
-                "cnnlab s": f,
-                "cnnlab run": run,
-                "baseline s": b,
-                "baseline / cnnlab": (b / f) if f and b else None,
-            }
-        )
-    print("\nTime to accuracy (cnnlab: the fastest of its runs to get there):")
-    print(_common.table(summary))
-    for name in dict.fromkeys(r["contender"] for r in curve):
-        rows = [r for r in curve if r["contender"] == name]
-        if rows:
-            best = max(r["test_accuracy"] for r in rows)
-            print(
-                f"{name}: final {rows[-1]['test_accuracy']:.4f} after {rows[-1]['epoch']} epochs, "
-                f"{rows[-1]['train_seconds']:.0f} s; best {best:.4f}"
-            )
+    info: dict[str, dict] = {}
+    for spec in contenders(args):
+        result = run_in_subprocess(spec, argv)
+        curve += result["curve"]
+        info[result["name"]] = result["info"]
+    summary = summarise(curve, info)
     if "fast" in info:
         print(f"fast run folder: {info['fast']['run_dir']}")
     path = _common.append_result(
