@@ -149,7 +149,9 @@ class ConvMuon(keras.optimizers.SGD):
         direction = ops.add(gradient, ops.multiply(m, mu)) if self.nesterov else m
         out = variable.shape[-1]
         step = orthogonalize(ops.reshape(direction, (-1, out)), self.ns_steps)
-        scale = ops.cast(out**0.5, variable.dtype) / (ops.norm(ops.reshape(variable, (-1,))) + 1e-12)
+        scale = ops.cast(out**0.5, variable.dtype) / (
+            ops.norm(ops.reshape(variable, (-1,))) + 1e-12
+        )
         lr = ops.cast(learning_rate, variable.dtype) * self.kernel_learning_rate_ratio
         self.assign(
             variable,
