@@ -46,7 +46,8 @@ def test_fast_weight_decay_shrinks_weights_as_fast_as_airbench94():
     assert cfg.batch_size == batch
     # cnnlab's optimizer for the recipe's config, at its peak rate (the schedule's 1x).
     opt = make_optimizer(cfg, learning_rate=cfg.learning_rate)
-    assert type(opt).__name__ == "SGD" and opt.nesterov and opt.momentum == 0.85
+    # ConvMuon: SGD for everything but convolution kernels (a 1-D variable here).
+    assert type(opt).__name__ == "ConvMuon" and opt.nesterov and opt.momentum == 0.85
     v = keras.Variable(np.ones(4, np.float32))
     for _ in range(200):
         opt.apply_gradients([(keras.ops.zeros(4), v)])
@@ -67,7 +68,7 @@ def test_fast_fills_only_keys_not_given():
     assert cfg2.recipe == "fast" and cfg2.epochs == 4 and "epochs" not in applied
     assert (cfg2.model, cfg2.optimizer, cfg2.schedule, cfg2.batch_size) == (
         "airbench",
-        "sgd",
+        "muon",
         "linear",
         1024,
     )
@@ -83,6 +84,16 @@ def test_fast_fills_only_keys_not_given():
     )
     assert cfg3.batch_size == 128 and cfg3.learning_rate == 0.3
     assert cfg3.model_kwargs == {"width": recipes.FAST["width"], "tta": 1}
+
+
+def test_fast_with_optimizer_sgd_is_the_previous_recipe_and_adam_keeps_its_own_rate():
+    cfg = TrainConfig(recipe="fast", optimizer="sgd", epochs=13, data="folder:x")
+    old, _ = recipes.apply_recipe(cfg, {"optimizer", "epochs", "data", "recipe"}, (32, 32), 50_000)
+    assert (old.optimizer, old.epochs, old.learning_rate, old.momentum) == ("sgd", 13, 1.5, 0.85)
+    assert type(make_optimizer(old, learning_rate=1.5)).__name__ == "SGD"
+    cfg = TrainConfig(recipe="fast", optimizer="adam", data="folder:x")
+    adam, _ = recipes.apply_recipe(cfg, {"optimizer", "data", "recipe"}, (32, 32), 50_000)
+    assert adam.optimizer == "adam" and adam.learning_rate is None  # Adam's default 1e-3
 
 
 def test_auto_is_fast_for_small_images_only_and_leaves_digits_alone():
@@ -102,6 +113,8 @@ def test_auto_is_fast_for_small_images_only_and_leaves_digits_alone():
         recipes.FAST["epochs"],
     )
     assert recipes.FAST_GRAY["width"] < recipes.FAST["width"]
+    # Muon's kernel steps for colour; grayscale keeps SGD, which scored higher there.
+    assert (fast.optimizer, colour.optimizer) == ("sgd", "muon")
     assert fast.model_kwargs["tta_flip"] is False
     chosen, _ = recipes.apply_recipe(TrainConfig(model="resnet20"), {"model"}, (32, 32), 50_000)
     assert chosen.recipe == "plain"  # a model given by name keeps its usual training
