@@ -59,7 +59,8 @@ OPTIMIZERS: dict[str, Callable] = {
 }
 
 # ConvMuon's peak step for convolution kernels at batch 1024: airbench94_muon's 0.24
-# (its batch is 2000; at 1024 it measured as well on CIFAR-10, bench/README.md).
+# (set there for batch 2000; the fast recipe's 10 epochs at 1024 were measured with it,
+# bench/README.md; not tuned further).
 KERNEL_LEARNING_RATE_1024 = 0.24
 
 
