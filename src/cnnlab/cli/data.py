@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from cnnlab.config import RESIZE_MODES
+
 
 @click.group()
 def data() -> None:
@@ -130,7 +132,7 @@ The folder appears only when complete.
 )
 @click.option(
     "--resize",
-    type=click.Choice(["stretch", "crop", "pad"]),
+    type=click.Choice(RESIZE_MODES),
     default="stretch",
     show_default=True,
     help="How --image-size changes the aspect ratio.",

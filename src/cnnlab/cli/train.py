@@ -5,6 +5,14 @@ from __future__ import annotations
 import click
 
 from cnnlab.cli.options import parse_kwargs
+from cnnlab.config import (
+    AUGMENT_POLICIES,
+    OPTIMIZERS,
+    RECIPES,
+    RESIZE_MODES,
+    SCHEDULES,
+    STRATEGIES,
+)
 
 
 @click.command(
@@ -34,9 +42,10 @@ Examples:
 @click.option("--data-dir", help="Folder with downloaded archives for builtin datasets.")
 @click.option(
     "--recipe",
-    type=click.Choice(["auto", "fast", "plain"]),
+    type=click.Choice(RECIPES),
     help="Defaults for the options not given: fast = airbench94-style training "
-    "(airbench model, SGD, lookahead, alternating flips, TTA); auto = fast "
+    "(airbench model, SGD with ConvMuon kernel steps for colour images, lookahead, "
+    "alternating flips, TTA); auto = fast "
     "for 20-40 px images when no --model is given, else plain [auto].",
 )
 @click.option(
@@ -55,7 +64,7 @@ Examples:
 @click.option("--channels", type=int, help="1 or 3 [default: 1 if all images are grayscale].")
 @click.option(
     "--resize",
-    type=click.Choice(["stretch", "crop", "pad"]),
+    type=click.Choice(RESIZE_MODES),
     help="Keep aspect ratio by cropping or padding [default: stretch].",
 )
 @click.option("--val-split", type=float, help="Validation share when the data has none [0.1].")
@@ -78,7 +87,7 @@ Examples:
 )
 @click.option(
     "--augment",
-    type=click.Choice(["auto", "none", "light", "standard", "strong"]),
+    type=click.Choice(AUGMENT_POLICIES),
     help="Augmentation policy for the training split [auto].",
 )
 @click.option(
@@ -114,7 +123,7 @@ Examples:
     "--optimizer",
     "--opt",
     "optimizer",
-    type=click.Choice(["adam", "adamw", "sgd", "rmsprop", "muon"]),
+    type=click.Choice(OPTIMIZERS),
     help="Optimizer [adam]. muon: SGD whose convolution kernels take orthogonalised "
     "steps (the fast recipe's for colour images).",
 )
@@ -123,7 +132,7 @@ Examples:
     "--lr",
     "learning_rate",
     type=float,
-    help="Peak learning rate [adam/adamw/rmsprop 1e-3, sgd 0.05].",
+    help="Peak learning rate [adam/adamw/rmsprop 1e-3, sgd/muon 0.05].",
 )
 @click.option("--weight-decay", type=float, help="Decoupled weight decay [0; adamw 0.01].")
 @click.option("--momentum", type=float, help="SGD momentum [0.9].")
@@ -132,7 +141,7 @@ Examples:
     "--schedule",
     "--sched",
     "schedule",
-    type=click.Choice(["constant", "cosine", "step", "onecycle", "linear"]),
+    type=click.Choice(SCHEDULES),
     help="LR schedule [cosine; fast recipe: linear warm-up and decay].",
 )
 @click.option("--warmup-epochs", type=float, help="Linear warm-up length in epochs [0].")
@@ -163,7 +172,7 @@ Examples:
 )
 @click.option(
     "--strategy",
-    type=click.Choice(["default", "mirrored", "multiworker"]),
+    type=click.Choice(STRATEGIES),
     help="tf.distribute strategy [default: one device]; multiworker: the cluster of "
     "TF_CONFIG (see cnnlab launch).",
 )
