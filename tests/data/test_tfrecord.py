@@ -12,6 +12,7 @@ import tensorflow as tf
 from PIL import Image
 from tests.conftest import make_image_folder
 
+import cnnlab
 from cnnlab.cli.main import main
 from cnnlab.data import load_data, open_source
 from cnnlab.data.records import read_index
@@ -81,7 +82,7 @@ def test_resized_pack_re_encodes_at_the_new_size(mixed_folder, tmp_path):
     assert shapes == {(8, 8)}
 
 
-def test_the_stored_split_is_the_one_every_run_uses(mixed_folder, tmp_path, caplog):
+def test_the_stored_split_is_the_one_every_run_uses(mixed_folder, tmp_path, caplog, capsys):
     from cnnlab.data.splits import make_split
 
     out = tmp_path / "packed"
@@ -107,10 +108,22 @@ def test_the_stored_split_is_the_one_every_run_uses(mixed_folder, tmp_path, capl
     rows = np.array([4, 0, 2])
     got = np.concatenate([np.argmax(y, 1) for _, y in data.subset("train", rows)])
     assert list(got) == list(data.examples("train")["labels"][rows])
-    # Said once per source, though a recipe may draw the split again.
-    for _ in range(2):
-        assert make_split(data.source, val_split=0.1, test_split=0.1, seed=0).counts()["val"] == 6
-    assert caplog.text.count("Using the split stored when the data were packed: 20 train") == 1
+    assert make_split(data.source, val_split=0.1, test_split=0.1, seed=0).counts()["val"] == 6
+    # Said once per run: the fast recipe drops the validation share the split was drawn
+    # with, which redraws a folder's split but leaves the packed one as it is.
+    capsys.readouterr()
+    run = cnnlab.train(
+        data=f"tfrecord:{out}",
+        recipe="fast",
+        epochs=1,
+        model_kwargs={"width": 0.125},
+        runs_dir=str(tmp_path / "runs"),
+        verbose=1,
+    )
+    sizes = json.loads((run.run_dir / "data.json").read_text())["split_sizes"]
+    assert run.config.val_split == 0.0 and sizes == {"train": 20, "val": 6, "test": 6, "skipped": 0}
+    said = capsys.readouterr().err
+    assert said.count("Using the split stored when the data were packed: 20 train") == 1
 
 
 def test_each_worker_reads_its_own_disjoint_part(mixed_folder, tmp_path):

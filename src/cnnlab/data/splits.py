@@ -146,13 +146,11 @@ def _packed_split(source: Source) -> Split:
             f"{counts['test']} test)",
             fix="Pack the data again with --val-split/--test-split leaving a training split",
         )
-    if not getattr(source, "_split_logged", False):  # a recipe may redraw the split: say it once
-        logging.getLogger("cnnlab").info(
-            "Using the split stored when the data were packed: %d train, %d val, %d test "
-            "(--val-split and --test-split do not apply to tfrecord: data)",
-            counts["train"],
-            counts["val"],
-            counts["test"],
-        )
-        source._split_logged = True
+    logging.getLogger("cnnlab").info(
+        "Using the split stored when the data were packed: %d train, %d val, %d test "
+        "(--val-split and --test-split do not apply to tfrecord: data)",
+        counts["train"],
+        counts["val"],
+        counts["test"],
+    )
     return split

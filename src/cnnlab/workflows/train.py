@@ -208,10 +208,10 @@ def _apply_recipe(given: TrainConfig, explicit: set[str], bundle) -> TrainConfig
         return recipes.apply_recipe(given, explicit, bundle.image_size, n_train, bundle.channels)
 
     cfg, applied = apply()
-    if cfg.val_split != given.val_split:
+    if cfg.val_split != given.val_split and not bundle.source.is_records:
         # The recipe changed the validation share: redraw the split (the test split is
         # drawn first from the seed, so it stays the same), then settle the batch size
-        # on the new training count.
+        # on the new training count. A packed (tfrecord:) split is fixed: nothing to redraw.
         skip = bundle.split.assignment == "skipped"
         bundle.split = make_split(bundle.source, cfg.val_split, cfg.test_split, cfg.seed, skip=skip)
         cfg, applied = apply()
