@@ -17,7 +17,7 @@ PACKAGE = SRC / "cnnlab"
 # ARCHITECTURE.md's table: each room and the rooms it may import (besides itself and the
 # foundation). "cnnlab" is the package's own __init__ (the lazy public API), which only
 # the CLI may import, since it reaches every layer.
-FOUNDATION = {"errors", "_io", "_html", "_progress", "config", "run_folder"}
+FOUNDATION = {"errors", "_io", "_html", "_progress", "config", "run_folder", "memory"}
 BELOW_EVALUATION = {"models", "runtime", "nn", "data"}
 MAY_IMPORT = {
     "cli": {

@@ -4,6 +4,7 @@ holds under a bounded load; its queue and timeout answer 503 and 504."""
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import threading
@@ -182,3 +183,39 @@ def test_connections_are_accepted_without_nagle_delaying_the_response_body():
     finally:
         for s in (accepted, client, server):
             s.close()
+
+
+def test_the_server_states_its_memory_and_refuses_a_budget_it_cannot_keep(export_run, monkeypatch):
+    from cnnlab.runtime.artifact import load_artifact
+    from cnnlab.serve.app import ServeOptions
+    from cnnlab.serve.server import plan_serving
+
+    artifact = load_artifact(export_run / "export" / "model.onnx")
+    recorded = artifact.manifest["memory"]  # the source model's numbers, written by export
+    assert recorded["parameters"] > 0 and recorded["inference_bytes_per_image"] > 0
+    assert artifact.footprint() == (
+        4.0 * recorded["parameters"],
+        float(recorded["inference_bytes_per_image"]),
+    )
+    monkeypatch.setenv("CNNLAB_MEMORY_BUDGET", "2GB")
+    est = plan_serving(artifact, ServeOptions())
+    # 32 queued bodies of 10 MB, two decoders of 40 Mpixel images: the limits bound it.
+    assert est.parts["requests"] == 320e6 and est.parts["decoding"] == 240e6
+    assert (
+        est.line()
+        == f"Memory: ~{est.total / 1e9:.1f} GB estimated peak (serving, batch 1; budget 2.0 GB)"
+    )
+    model = str(export_run / "export" / "model.onnx")
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnlab.cli.main", "serve", model],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "CNNLAB_MEMORY_BUDGET": "0.5GB"},
+    )
+    assert done.returncode == 2
+    assert (
+        "cnnlab: error: Serving needs ~0.8" in done.stderr
+        and "over the memory budget of 0.50 GB ($CNNLAB_MEMORY_BUDGET)" in done.stderr
+        and "Pass a smaller --queue, --max-bytes or --max-pixels" in done.stderr
+    ), done.stderr

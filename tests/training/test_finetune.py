@@ -526,3 +526,27 @@ def test_head_only_cli_gives_the_frozen_feature_classifier(
     assert "stage 2 skipped: --head-only" in decisions["decisions"]
     assert decisions["validation_images"] == 0  # nothing to judge: no validation carved
     assert not list((run / "checkpoints").glob("*.keras")) and not (run / "history.csv").exists()
+
+
+def test_stage2_micro_batches_train_as_the_whole_batch(flowers, tiny_fine_tune, caplog):
+    # BatchNorm is frozen, the head has no dropout and nothing is augmented: a batch of 8
+    # computed as 2 micro-batches of 4 must train exactly as the whole batch.
+    common = dict(
+        data=f"folder:{flowers}",
+        val_split=0.25,
+        test_split=0.25,
+        augment="none",
+        model_kwargs={"dropout": 0.0},
+        epochs=2,
+        seed=5,
+    )
+    whole = tiny_fine_tune(**common, name="whole")
+    caplog.set_level(logging.INFO, logger="cnnlab")
+    split = tiny_fine_tune(**common, micro_batch_size=4, name="split", verbose=1)
+    assert "Memory: ~" in caplog.text and "(batch 8 as 2 micro-batches of 4;" in caplog.text
+    assert split.metrics["memory"]["micro_batch_size"] == 4
+    assert whole.metrics["memory"]["micro_batch_size"] == 8
+    rows = [
+        [r for r in result.history["val_loss"]][-2:] for result in (whole, split)
+    ]  # stage 2's two epochs
+    np.testing.assert_allclose(rows[0], rows[1], rtol=1e-4)

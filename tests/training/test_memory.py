@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 import keras
@@ -237,11 +238,11 @@ def test_memory_sizes_and_the_budget_they_resolve_to(monkeypatch):
     with pytest.raises(ConfigError, match="Bad micro_batch_size"):
         TrainConfig().replace(micro_batch_size=0)
     monkeypatch.delenv(memory.MEMORY_BUDGET_ENV, raising=False)
-    monkeypatch.setattr(memory, "available_memory", lambda: 20e9)
+    monkeypatch.setattr("cnnlab.memory.available_memory", lambda: 20e9)
     assert memory.resolve_budget() == (4e9, "default")  # 60 % of 20 GB, capped at 4 GB
-    monkeypatch.setattr(memory, "available_memory", lambda: 5e9)
+    monkeypatch.setattr("cnnlab.memory.available_memory", lambda: 5e9)
     assert memory.resolve_budget() == (3e9, "default")
-    monkeypatch.setattr(memory, "available_memory", lambda: 1e9)
+    monkeypatch.setattr("cnnlab.memory.available_memory", lambda: 1e9)
     assert memory.resolve_budget() == (2e9, "default")  # never below the floor
     monkeypatch.setenv(memory.MEMORY_BUDGET_ENV, "1.5GB")
     assert memory.resolve_budget() == (1.5e9, memory.MEMORY_BUDGET_ENV)
@@ -272,12 +273,33 @@ def test_estimate_grows_with_the_micro_batch_and_the_largest_divisor_that_fits_i
         memory.choose_micro_batch(model, inputs, 0.8e9, "memory_budget")
 
 
-def test_finetune_and_lr_find_refuse_the_keys_only_train_uses():
+def test_lr_find_refuses_micro_batches_and_plans_whole_batches(monkeypatch, caplog):
     from cnnlab.training.finetune import resolve_finetune_config
 
-    with pytest.raises(ConfigError, match=r"micro_batch_size given to `cnnlab finetune`"):
-        resolve_finetune_config({"micro_batch_size": 16})
-    with pytest.raises(ConfigError, match=r"memory_budget given to `cnnlab lr-find`"):
-        resolve_finetune_config(None, {"memory_budget": "2GB"}, command="lr-find")
-    cfg, _ = resolve_finetune_config({"batch_size": 16})  # a train run's keys left unset
-    assert cfg.micro_batch_size is None and cfg.memory_budget is None
+    with pytest.raises(ConfigError, match=r"micro_batch_size given to `cnnlab lr-find`"):
+        resolve_finetune_config(None, {"micro_batch_size": 8}, command="lr-find")
+    cfg, _ = resolve_finetune_config({"batch_size": 16, "memory_budget": "2GB"})
+    assert cfg.micro_batch_size is None and cfg.memory_budget == "2GB"
+    assert resolve_finetune_config({"micro_batch_size": 8})[0].micro_batch_size == 8
+
+    # Whole batches: stage 2 keeps only its trained layers' outputs; over a budget the
+    # user set, refused; over the default one, a warning.
+    model = create_model("simple_cnn", 10, 32, filters=[32, 64])
+    bundle = cnnlab.load_data("builtin:digits", image_size=32, channels=3, val_split=0.0)
+    cfg = TrainConfig(batch_size=64, optimizer="adam")
+    every = memory.plan_whole_batches(model, cfg, bundle)
+    top = memory.plan_whole_batches(model, cfg, bundle, model.layers[-3:])
+    assert top.activations < every.activations and every.micro_batches == 1
+    with pytest.raises(ConfigError) as e:
+        memory.plan_whole_batches(model, cfg.replace(memory_budget="0.5GB"), bundle)
+    assert re.match(
+        r"Training needs ~\d\.\d\d GB of memory \(estimated\) even with whole batches of 64 "
+        r"images \(batch 64\), over the memory budget of 0\.50 GB \(memory_budget\)",
+        str(e.value),
+    )
+    monkeypatch.delenv(memory.MEMORY_BUDGET_ENV, raising=False)
+    monkeypatch.setattr("cnnlab.memory.available_memory", lambda: 0.5e9)  # default: 2 GB floor
+    monkeypatch.setattr(memory, "OVERHEAD_BYTES", 3e9)
+    with caplog.at_level(logging.INFO, logger="cnnlab"):
+        memory.plan_whole_batches(model, cfg, bundle)
+    assert "over the default budget of 2.0 GB" in caplog.text

@@ -13,6 +13,7 @@ import numpy as np
 
 from cnnlab._io import unique_dir, write_json, write_text
 from cnnlab.errors import DataError
+from cnnlab.evaluation.memory import held_split_bytes, plan_inference
 from cnnlab.evaluation.metrics import collect_predictions, compute_metrics, format_report
 from cnnlab.evaluation.plots import plot_confusion_matrix
 
@@ -159,6 +160,13 @@ def score_run(
         kind, value = data.split(":", 1) if ":" in data else ("data", data)
         tag = f"{kind}-{Path(value.rstrip('/')).name or 'data'}"
         tag = f"{tag}-{split}" if np.any(bundle.source.parts != "") else tag
+    bundle.eval_batch_size = plan_inference(
+        loaded.model,
+        batch_size,
+        loaded.image_size,
+        loaded.channels,
+        held_bytes=held_split_bytes(bundle, split),
+    ).batch_size
     result = score(loaded.model, bundle, split, loaded.class_names, top_k, label_map)
     if output is None:
         base = loaded.run_dir or loaded.model_path.parent

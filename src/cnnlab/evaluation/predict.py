@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.errors import DataError
+from cnnlab.evaluation.memory import plan_inference
 
 
 def expand_paths(paths) -> list[str]:
@@ -60,6 +61,9 @@ def predict(model, paths, *, top_k: int = 3, batch_size: int = 32) -> list[dict]
         i.path: {"path": i.path, "error": i.problem} for i in infos if not i.ok
     }
     if good:
+        batch_size = plan_inference(
+            loaded.model, batch_size, loaded.image_size, loaded.channels, what="prediction"
+        ).batch_size
         resizer = make_resizer(loaded.image_size, loaded.resize)
         ds = tf.data.Dataset.from_tensor_slices(np.array(good))
         ds = ds.map(

@@ -27,11 +27,16 @@ from cnnlab._io import _json_default, read_json
 from cnnlab.errors import ConfigError, DataError, ModelError
 from cnnlab.export.formats import FILES, FORMATS, WRITERS, quiet, write_bytes
 from cnnlab.export.parity import format_table, measure, run_artifact
+from cnnlab.models.footprint import footprint_record
+from cnnlab.models.inference import predict_batch
 from cnnlab.runtime.artifact import LABELS, MANIFEST
 
 log = logging.getLogger("cnnlab")
 MAX_PARITY_IMAGES = 512
 REPRESENTATIVE_IMAGES = 200
+# The TFLite and ONNX converters' working memory beside the loaded model (measured: see
+# cnnlab.memory).
+CONVERTER_BYTES = 0.6e9
 
 
 @dataclass
@@ -132,8 +137,10 @@ def export_keras(
         raise DataError(
             "No images to check the exported models on", fix="Pass --data with labelled images"
         )
+    # Keras' compiled predict step, not an eager call: that keeps every layer's output of
+    # the batch alive (4.3 GB for MobileNet at 224 px and 64 images).
     reference = np.concatenate(
-        [np.asarray(model(x[i : i + 64], training=False), np.float64) for i in range(0, len(x), 64)]
+        [np.asarray(predict_batch(model, x[i : i + 64]), np.float64) for i in range(0, len(x), 64)]
     )
     rep = x if representative is None else np.asarray(representative, np.float32)
     shape = [None, *[int(v) for v in model.input_shape[1:]]]
@@ -151,6 +158,7 @@ def export_keras(
             "output": "probabilities (softmax), float32, one per class in class_names order",
             "versions": _versions(),
             "parity_images": len(x),
+            "memory": footprint_record(model),  # for the artifacts' memory estimates
             **(info or {}),
         }
     )
@@ -275,6 +283,26 @@ def _run_bundle(loaded, data: str | None, data_dir: str | None):
     return bundle, split, None
 
 
+def _plan_memory(loaded, max_images: int, representative_images: int):
+    """Log the export's estimated peak (the model run at batch 64 on the parity and
+    calibration images, and the converters), refused when over the memory budget."""
+    from cnnlab.evaluation.memory import plan_inference
+
+    h, w = loaded.image_size
+    images = (2 * max_images + representative_images) * h * w * loaded.channels * 4.0
+    return plan_inference(
+        loaded.model,
+        64,
+        loaded.image_size,
+        loaded.channels,
+        what="export",
+        held_bytes=images,
+        shrink=False,
+        fix="Pass a smaller --max-images, or fewer --format",
+        extra_overhead=CONVERTER_BYTES,
+    )
+
+
 def export_model(
     model_or_run,
     formats="all",
@@ -301,6 +329,7 @@ def export_model(
 
     fmts = parse_formats(formats)
     loaded = load_for_inference(model_or_run)
+    _plan_memory(loaded, max_images, representative_images if "tflite-int8" in fmts else 0)
     bundle, split, label_map = _run_bundle(loaded, data, data_dir)
     seed = int(loaded.config.get("seed", 42))
     held = bundle.examples(split)["labels"]

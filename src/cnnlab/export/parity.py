@@ -76,15 +76,12 @@ class Parity:
 def run_artifact(fmt: str, path: Path, images: np.ndarray) -> np.ndarray:
     """Probabilities from the artifact at ``path``, run in its own runtime."""
     if fmt == "keras":
+        from cnnlab.models.inference import predict_batch
         from cnnlab.models.saving import load_model
 
         model = load_model(path)
-        return np.concatenate(
-            [
-                np.asarray(model(images[i : i + 64], training=False))
-                for i in range(0, len(images), 64)
-            ]
-        )
+        batches = range(0, len(images), 64)
+        return np.concatenate([predict_batch(model, images[i : i + 64]) for i in batches])
     from cnnlab.runtime import load_artifact
 
     return load_artifact(path).predict(images)

@@ -111,6 +111,16 @@ class Artifact:
     def __call__(self, x, training: bool = False) -> np.ndarray:
         return self.predict(np.asarray(x))
 
+    def footprint(self) -> tuple[float, float | None]:
+        """(bytes of weights, inference bytes per image) for memory estimates: from the
+        source model's numbers ``cnnlab export`` recorded in ``export.json``, else the
+        file's size and None (unknown)."""
+        record = self.manifest.get("memory") or {}
+        if record:
+            return 4.0 * record["parameters"], float(record["inference_bytes_per_image"])
+        files = [self.path] if self.path.is_file() else self.path.rglob("*")
+        return float(sum(p.stat().st_size for p in files if p.is_file())), None
+
 
 class OnnxRunner:
     """ONNX Runtime on the CPU; the batch dimension is dynamic."""

@@ -14,9 +14,14 @@ import sys
 from pathlib import Path
 
 from cnnlab.errors import ConfigError, ModelError, RunError
+from cnnlab.memory import INFERENCE_FACTOR, Estimate, resolve_budget
 from cnnlab.run_folder import RunFolder
 from cnnlab.runtime.artifact import find_artifact, is_artifact, load_artifact
 from cnnlab.serve.app import ServeOptions, create_app
+
+# Python, onnxruntime or the TFLite interpreter, FastAPI and uvicorn loaded, no TensorFlow
+# (measured: see cnnlab.memory).
+SERVE_OVERHEAD_BYTES = 0.25e9
 
 
 def resolve_model(model: str | os.PathLike) -> Path:
@@ -50,6 +55,27 @@ def resolve_model(model: str | os.PathLike) -> Path:
         expected="a .onnx or .tflite file, an export folder or a run folder",
         fix="Export a run with `cnnlab export RUN`",
     )
+
+
+def plan_serving(artifact, opts: ServeOptions) -> Estimate:
+    """The server's estimated peak at its limits, refused when over the memory budget:
+    the runtime and the model, every queued request's body at ``max_bytes``, each decode
+    worker's image at ``max_pixels`` before resizing, each thread's inference."""
+    budget, source = resolve_budget()
+    weights, per_image = artifact.footprint()
+    pixels = artifact.image_size[0] * artifact.image_size[1] * artifact.channels
+    inference = INFERENCE_FACTOR * (per_image or 8.0 * pixels) + 4.0 * pixels
+    parts = {
+        "overhead": SERVE_OVERHEAD_BYTES,
+        "weights": 2.0 * weights,  # the file read, the runtime's own copy
+        "requests": float(opts.queue_size * opts.max_bytes),
+        "decoding": float(opts.decode_workers * opts.max_pixels * artifact.channels),
+        "activations": opts.threads * inference,
+    }
+    est = Estimate("serving", 1, parts, budget, source)
+    if not est.fits:
+        raise est.refusal("Pass a smaller --queue, --max-bytes or --max-pixels")
+    return est
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -93,7 +119,9 @@ def run_server(
             f"{artifact.path} is a SavedModel, which needs TensorFlow to run",
             fix="Serve the .onnx or .tflite export of the same run",
         )
-    app = create_app(artifact, ServeOptions(threads=threads, **options))
+    opts = ServeOptions(threads=threads, **options)
+    print(f"cnnlab: {plan_serving(artifact, opts).line()}", file=sys.stderr, flush=True)
+    app = create_app(artifact, opts)
     sock = listening_socket(host, port)
     bound = sock.getsockname()[1]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{bound}/"

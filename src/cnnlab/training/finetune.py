@@ -219,8 +219,8 @@ def resolve_finetune_config(
 ) -> tuple[TrainConfig, FineTuneOptions]:
     """Split a config (object, dict or YAML path) plus overrides into training keys and
     fine-tuning options, with fine-tuning defaults (``mobilenet``, ``imagenet``, 10 epochs).
-    Keys only ``cnnlab train`` uses (``micro_batch_size``, ``memory_budget``) are refused,
-    naming ``command``.
+    ``micro_batch_size`` is refused for any ``command`` but ``finetune`` (whose stage 2
+    can accumulate micro-batches), naming it.
 
     Example:
         >>> cfg, opts = resolve_finetune_config({"unfreeze": "all"}, {"epochs": 3})
@@ -234,7 +234,8 @@ def resolve_finetune_config(
     ft = {k: v for k, v in {**raw, **given}.items() if k in ft_keys}
     base = {**FINETUNE_DEFAULTS, **{k: v for k, v in raw.items() if k in train_keys}}
     cfg = resolve_config(base, {k: v for k, v in given.items() if k in train_keys})
-    refuse_outside_train(cfg, command)
+    if command != "finetune":
+        refuse_outside_train(cfg, command)
     return cfg, _coerce_options(ft)
 
 
@@ -304,6 +305,31 @@ def backbone_block_list(model, spec) -> list[tuple[str, list]]:
         (name, members)
         for name, members in backbone_blocks(base, spec.extra["block_rule"])
         if any(layer.weights for layer in members)
+    ]
+
+
+def compile_stage2(model, cfg, steps: int, num_classes: int, blocks, unfrozen: int, decay):
+    """Compile ``model`` for stage 2 with ``cfg``'s optimizer (its micro-batches
+    accumulated), layer-wise decayed when ``decay`` < 1. Call under the run's strategy."""
+    from cnnlab.nn.optimizers import layerwise_optimizer, make_optimizer
+    from cnnlab.training.fit import compile_model
+
+    micro = cfg.micro_batch_size or cfg.batch_size
+    optimizer = make_optimizer(cfg, steps, accumulation_steps=cfg.batch_size // micro)
+    if decay and decay < 1:
+        optimizer = layerwise_optimizer(optimizer, blocks, unfrozen, decay)
+    compile_model(model, cfg, steps, num_classes, optimizer)
+
+
+def stage2_layers(model, blocks: list[tuple[str, list]], unfrozen: int) -> list:
+    """The layers whose outputs stage 2 keeps for backpropagation: the ``unfrozen`` top
+    blocks and the head (the frozen blocks below them run as in inference)."""
+    from cnnlab.models.pretrained.applications import get_backbone
+
+    base = get_backbone(model)
+    top = blocks[len(blocks) - unfrozen :] if unfrozen else []
+    return [layer for _, members in top for layer in members] + [
+        layer for layer in model.layers if layer is not base
     ]
 
 

@@ -66,134 +66,39 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-from cnnlab.config import GB, TrainConfig, parse_memory_size
+from cnnlab.config import GB, TrainConfig
 from cnnlab.errors import ConfigError
+from cnnlab.memory import (  # noqa: F401 - the budget's names, used from here too
+    MEMORY_BUDGET_ENV,
+    OVERHEAD_BYTES,
+    available_memory,
+    budget_origin,
+    default_budget,
+    format_gb,
+    peak_resident_bytes,
+    resolve_budget,
+)
+from cnnlab.models.footprint import (  # noqa: F401 - the model's side, used from here too
+    ACTIVATION_FACTOR,
+    BATCHES_IN_FLIGHT,
+    INFERENCE_FACTOR,
+    activation_bytes,
+    inference_bytes,
+    tta_views,
+)
 
 log = logging.getLogger("cnnlab")
 
-MEMORY_BUDGET_ENV = "CNNLAB_MEMORY_BUDGET"
-# The default budget: this share of the memory available at start, within these bounds
-# (the cap keeps the default CIFAR-10 fast run under 4 GB; the floor keeps a busy
-# machine's momentary MemAvailable from refusing small runs).
-DEFAULT_BUDGET_SHARE = 0.6
-DEFAULT_BUDGET_CAP = 4.0 * GB
-DEFAULT_BUDGET_FLOOR = 2.0 * GB
 # Micro-batches smaller than this are not chosen (BatchNorm statistics of a few images
 # are noise, and small steps leave the cores idle); a given micro_batch_size may be smaller.
 MIN_MICRO_BATCH = 16
 
-# Calibrated constants (the measurements are in the module docstring).
-OVERHEAD_BYTES = 0.9 * GB  # cnnlab's libraries loaded, graphs built, tf.data threads
-ACTIVATION_FACTOR = 1.5  # training bytes per image / bytes of its layer outputs
-INFERENCE_FACTOR = 3.6  # scoring bytes per image / (largest layer output x views)
+# Calibrated constants (the measurements are in the module docstring; OVERHEAD_BYTES,
+# ACTIVATION_FACTOR and INFERENCE_FACTOR live with the budget and the model's footprint).
 TRAIN_CACHE_COPIES = 2.5  # the training cache, its shuffle buffer, tf.data's slack
 IN_MEMORY_COPIES = 1.5  # an in-memory source's array and the split's copy of it
-BATCHES_IN_FLIGHT = 4  # float32 batches: augmenting, prefetched, being cut
-
-
-# ---------------------------------------------------------------------- the budget
-def available_memory() -> float | None:
-    """Bytes of MemAvailable in /proc/meminfo (None where there is none)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return float(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def default_budget() -> float:
-    """:data:`DEFAULT_BUDGET_SHARE` of the memory available now, between
-    :data:`DEFAULT_BUDGET_FLOOR` and :data:`DEFAULT_BUDGET_CAP`."""
-    available = available_memory()
-    if available is None:
-        return DEFAULT_BUDGET_CAP
-    return min(DEFAULT_BUDGET_CAP, max(DEFAULT_BUDGET_FLOOR, DEFAULT_BUDGET_SHARE * available))
-
-
-def resolve_budget(value=None) -> tuple[float | None, str]:
-    """The budget in bytes (None: no budget) and where it came from: ``value`` (the
-    config's ``memory_budget``), else ``$CNNLAB_MEMORY_BUDGET``, else the default."""
-    if value is not None:
-        return parse_memory_size(value), "memory_budget"
-    env = os.environ.get(MEMORY_BUDGET_ENV)
-    if env is not None:
-        return parse_memory_size(env, MEMORY_BUDGET_ENV), MEMORY_BUDGET_ENV
-    return default_budget(), "default"
-
-
-def peak_resident_bytes() -> float:
-    """This process's peak resident memory so far (``ru_maxrss``: KiB on Linux, bytes on
-    macOS)."""
-    import resource  # POSIX only: imported where it is used
-
-    peak = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    return peak if sys.platform == "darwin" else peak * 1024
-
-
-def format_gb(nbytes: float, digits: int = 1) -> str:
-    """``3.1 GB``; sizes under 0.1 GB in MB (``12 MB``)."""
-    if abs(nbytes) < 0.1 * GB:
-        return f"{nbytes / 1e6:.0f} MB"
-    return f"{nbytes / GB:.{digits}f} GB"
-
-
-# ---------------------------------------------------------------------- the model's side
-def _layer_outputs(layer) -> list:
-    import keras
-
-    try:
-        return [t for t in keras.tree.flatten(layer.output) if hasattr(t, "shape")]
-    except (AttributeError, ValueError):  # a layer called several times, or never
-        nodes = getattr(layer, "_inbound_nodes", [])
-        return [t for node in nodes for t in keras.tree.flatten(node.output_tensors)]
-
-
-def _layer_sizes(model) -> list[int]:
-    """Elements per image of every layer output (nested models included), in order."""
-    sizes: list[int] = []
-    for layer in model.layers:
-        if type(layer).__name__ == "InputLayer":
-            continue
-        if hasattr(layer, "layers") and layer.layers:  # a nested model: its own layers
-            sizes += _layer_sizes(layer)
-            continue
-        for t in _layer_outputs(layer):
-            dims = [d for d in t.shape[1:]]
-            if any(d is None for d in dims):
-                continue
-            sizes.append(int(math.prod(dims)) if dims else 1)
-    return sizes
-
-
-def activation_bytes(model) -> int:
-    """Bytes of every layer's output for one image (float32): what a training step keeps
-    for backpropagation, per image, before :data:`ACTIVATION_FACTOR`."""
-    return 4 * sum(_layer_sizes(model))
-
-
-def inference_bytes(model) -> int:
-    """Bytes per image of the largest layer output times the test-time views the model
-    stacks on the batch (airbench's ``TTAViews``), before :data:`INFERENCE_FACTOR`."""
-    sizes = _layer_sizes(model) or [1]
-    return 4 * max(sizes) * tta_views(model)
-
-
-def tta_views(model) -> int:
-    """How many views of each image the model runs at inference (1 without TTA)."""
-    for layer in model.layers:
-        views = getattr(layer, "views", None)
-        if type(layer).__name__ == "TTAViews" and callable(views):
-            import numpy as np
-
-            return len(views(np.zeros((1, 4, 4, 1), np.float32)))
-    return 1
 
 
 def optimizer_slots(optimizer: str) -> int:
@@ -303,10 +208,16 @@ def estimate_memory(
     micro_batch_size: int | None = None,
     *,
     eval_batch: int | None = None,
+    trained_layers: list | None = None,
 ) -> MemoryEstimate:
     """Estimate the peak resident memory of training ``model`` as ``inputs`` describe, each
     batch computed as micro-batches of ``micro_batch_size`` (default: whole) and scored
     at ``eval_batch`` (default: :func:`eval_batch_size`).
+
+    ``trained_layers`` (default: all) are the layers whose outputs a training step keeps
+    for backpropagation: fine-tuning's frozen blocks below them run as in inference
+    (their outputs freed layer by layer), so a stage 2 that unfreezes the top quarter of
+    MobileNet keeps 8.6 of its 67 MB per 224×224 image; it scores at the micro-batch.
 
     Example:
         >>> est = estimate_memory(model, MemoryInputs(1024, (32, 32), 3), 256)
@@ -314,6 +225,15 @@ def estimate_memory(
         'Memory: ~1.9 GB estimated peak (batch 1024 as 4 micro-batches of 256; no budget)'
     """
     micro = int(micro_batch_size or inputs.batch_size)
+    activations = ACTIVATION_FACTOR * micro * activation_bytes(model)
+    if trained_layers is not None:
+        from cnnlab.models.footprint import output_bytes
+
+        eval_batch = eval_batch or micro
+        activations = micro * (
+            INFERENCE_FACTOR * inference_bytes(model)
+            + ACTIVATION_FACTOR * output_bytes(trained_layers)
+        )
     evaluation = int(eval_batch or eval_batch_size(model, inputs.batch_size, micro))
     pixels = inputs.image_size[0] * inputs.image_size[1] * inputs.channels
     copies = 2 + optimizer_slots(inputs.optimizer) + (micro < inputs.batch_size) + inputs.lookahead
@@ -324,7 +244,7 @@ def estimate_memory(
         overhead=OVERHEAD_BYTES,
         parameters=4.0 * model.count_params() * copies,
         data=inputs.held_bytes + BATCHES_IN_FLIGHT * 4.0 * inputs.batch_size * pixels,
-        activations=ACTIVATION_FACTOR * micro * activation_bytes(model),
+        activations=activations,
         inference=INFERENCE_FACTOR * evaluation * inference_bytes(model),
     )
 
@@ -368,6 +288,7 @@ def choose_micro_batch(
     budget: float | None,
     budget_source: str = "default",
     micro_batch_size: int | None = None,
+    trained_layers: list | None = None,
 ) -> MemoryEstimate:
     """The micro-batch a run computes its batches in, with its estimate.
 
@@ -386,7 +307,7 @@ def choose_micro_batch(
     else:
         candidates = micro_batch_candidates(int(inputs.batch_size))
     for micro in candidates:
-        est = estimate_memory(model, inputs, micro)
+        est = estimate_memory(model, inputs, micro, trained_layers=trained_layers)
         est.budget, est.budget_source = budget, budget_source
         if est.fits:
             return est
@@ -395,10 +316,7 @@ def choose_micro_batch(
 
 def over_budget(est: MemoryEstimate, given: bool = False) -> ConfigError:
     """The refusal of a run whose estimate exceeds its budget at every micro-batch."""
-    source = {
-        "memory_budget": "memory_budget",
-        MEMORY_BUDGET_ENV: f"${MEMORY_BUDGET_ENV}",
-    }.get(est.budget_source, "the default: 60% of the memory available, within 2-4 GB")
+    source = budget_origin(est.budget_source)
     what = "micro-batches" if given else "the smallest micro-batches"
     if est.micro_batches == 1:
         what = "whole batches"
@@ -417,15 +335,71 @@ def over_budget(est: MemoryEstimate, given: bool = False) -> ConfigError:
 
 # ---------------------------------------------------------------------- a run's plan
 def refuse_outside_train(cfg: TrainConfig, command: str) -> None:
-    """``micro_batch_size`` and ``memory_budget`` plan ``cnnlab train`` runs only: refuse
-    them where they would be ignored (fine-tuning, the learning-rate range test)."""
-    given = [k for k in ("micro_batch_size", "memory_budget") if getattr(cfg, k) is not None]
-    if given:
+    """``micro_batch_size`` plans ``cnnlab train`` runs only: refuse it where it would be
+    ignored (fine-tuning, the learning-rate range test, which train whole batches and
+    are refused, not split, when their estimate exceeds the memory budget)."""
+    if cfg.micro_batch_size is not None:
         raise ConfigError(
-            f"{' and '.join(given)} given to `cnnlab {command}`, which does not use them",
-            expected="micro-batches and a memory budget with `cnnlab train` only",
-            fix=f"Drop {' and '.join(given)}, or pass a smaller --batch-size",
+            f"micro_batch_size given to `cnnlab {command}`, which does not use it",
+            expected="micro-batches with `cnnlab train` only (fine-tuning trains whole "
+            "batches, refused when they do not fit --memory-budget)",
+            fix="Drop micro_batch_size, or pass a smaller --batch-size",
         )
+
+
+def plan_fine_tuning(model, cfg: TrainConfig, bundle, trained_layers=None) -> MemoryEstimate:
+    """The micro-batch of a fine-tuning run's training stages, logged as one line: its
+    whole batch when the estimate fits the budget, else the largest divisor that fits
+    (refused when none does), or ``cfg.micro_batch_size`` when given. BatchNorm stays frozen when fine-tuning, so micro-batches
+    train exactly as the whole batch. ``trained_layers``: see :func:`estimate_memory`.
+    """
+    budget, source = resolve_budget(cfg.memory_budget)
+    inputs = MemoryInputs.of(cfg, bundle)
+    est = choose_micro_batch(model, inputs, budget, source, cfg.micro_batch_size, trained_layers)
+    if est.micro_batches > 1 and cfg.micro_batch_size is None:
+        whole = estimate_memory(model, inputs, trained_layers=trained_layers)
+        _log_split(est, whole.total, budget)
+    log.info("%s", est.line())
+    return est
+
+
+def plan_whole_batches(model, cfg: TrainConfig, bundle, trained_layers=None) -> MemoryEstimate:
+    """Log the estimated peak of training ``model`` in whole batches (``cnnlab lr-find``,
+    whose sweep takes a few hundred steps) and return it. Over a budget the user set
+    (``memory_budget``, ``$CNNLAB_MEMORY_BUDGET``) the run is refused; over the default
+    one (60 % of the memory available, at most 4 GB) it warns.
+    """
+    budget, source = resolve_budget(cfg.memory_budget)
+    est = estimate_memory(
+        model,
+        MemoryInputs.of(cfg, bundle),
+        eval_batch=cfg.batch_size,
+        trained_layers=trained_layers,
+    )
+    est.budget, est.budget_source = budget, source
+    if not est.fits and source != "default":
+        raise over_budget(est, given=True)
+    log.info("%s", est.line())
+    if not est.fits:
+        log.warning(
+            "Memory: the estimate is over the default budget of %s (60%% of the memory "
+            "available); a smaller --batch-size or --image-size needs less, and "
+            "--memory-budget makes the budget a hard limit",
+            format_gb(budget),
+        )
+    return est
+
+
+def _log_split(est: MemoryEstimate, whole: float, budget: float | None) -> None:
+    log.info(
+        "Memory: batch %d needs ~%s, over the budget of %s: computing it as %d "
+        "micro-batches of %d (gradients accumulated into one step)",
+        est.batch_size,
+        format_gb(whole),
+        format_gb(budget or 0),
+        est.micro_batches,
+        est.micro_batch_size,
+    )
 
 
 def plan_memory(model, cfg: TrainConfig, bundle, *, resumed: bool = False) -> MemoryEstimate:
@@ -456,14 +430,6 @@ def plan_memory(model, cfg: TrainConfig, bundle, *, resumed: bool = False) -> Me
     else:
         est = choose_micro_batch(model, inputs, budget, source, cfg.micro_batch_size)
         if cfg.micro_batch_size is None and est.micro_batches > 1:
-            log.info(
-                "Memory: batch %d needs ~%s, over the budget of %s: computing it as %d "
-                "micro-batches of %d (gradients accumulated into one step)",
-                est.batch_size,
-                format_gb(estimate_memory(model, inputs).total),
-                format_gb(budget),
-                est.micro_batches,
-                est.micro_batch_size,
-            )
+            _log_split(est, estimate_memory(model, inputs).total, budget)
     log.info("%s", est.line())
     return est

@@ -18,11 +18,11 @@ it (1,000 images or more, or a ``val_split`` given explicitly), and is kept only
 when it beats stage 1 on validation beyond chance (a paired test). When stage 1 is
 kept and the run has a test set, its head is refitted on training + validation.
 
-No images are wasted on splits: with a separate test set nothing is carved for
-testing, and below 1,000 images no validation split is carved (the head's C is
-cross-validated instead). ``head_only`` gives the frozen-feature classifier alone.
-What the run decided and why is logged and written to ``decisions.json`` (and
-``metrics.json``: ``decisions``, ``classifier``).
+No images are wasted on splits: a separate test set carves nothing, and below 1,000
+images no validation split is carved (the head's C is cross-validated instead).
+``head_only`` gives the frozen-feature classifier alone. Decisions are logged and kept
+in ``decisions.json``. Stage 2's memory is estimated on start; over the budget it
+accumulates micro-batches (``cnnlab.training.memory.plan_fine_tuning``).
 
 The run folder, evaluation, report and prediction are those of ``cnnlab train``
 (the same skeleton, ``cnnlab.workflows.skeleton``):
@@ -60,6 +60,7 @@ from cnnlab.training.finetune import (
     FineTuneOptions,
     backbone_block_list,
     check_backbone,
+    compile_stage2,
     extract_features,
     feature_dataset,
     freeze_for_stage,
@@ -67,6 +68,7 @@ from cnnlab.training.finetune import (
     paired_gain,
     plan_validation,
     resolve_finetune_config,
+    stage2_layers,
     train_dataset,
     unfrozen_block_count,
 )
@@ -78,6 +80,7 @@ from cnnlab.training.linear_head import (
     has_linear_head,
     write_head,
 )
+from cnnlab.training.memory import plan_fine_tuning
 from cnnlab.workflows.skeleton import (
     RunContext,
     best_model,
@@ -199,6 +202,7 @@ def fine_tune(
     metrics = {"recipe": "finetune", **checkpoint_metrics(st.ctx, st.state or {}, final)}
     metrics["stages"] = stages
     metrics["classifier"] = decisions.facts.get("classifier")
+    metrics["memory"] = st.ctx.memory.record()
     metrics["decisions"] = decisions.lines
     seconds = sum(s.get("seconds", 0) for s in stages.values())
     metrics["train_seconds_this_session"] = round(seconds, 2)
@@ -325,14 +329,9 @@ def _final_model(st: _Stages, stages: dict[str, dict[str, Any]]):
     fit = st.fit
     if "val" in st.features and has_test:
         (f_tr, y_tr), (f_val, y_val) = st.features["train"], st.features["val"]
-        w = _weights(ctx.bundle, np.concatenate([y_tr, y_val]))
-        fit = fit_logistic_head(
-            np.concatenate([f_tr, f_val]),
-            np.concatenate([y_tr, y_val]),
-            seed=ctx.cfg.seed,
-            sample_weight=w,
-            c=st.fit.c,
-        )
+        f_all, y_all = np.concatenate([f_tr, f_val]), np.concatenate([y_tr, y_val])
+        w = _weights(ctx.bundle, y_all)
+        fit = fit_logistic_head(f_all, y_all, seed=ctx.cfg.seed, sample_weight=w, c=st.fit.c)
         write_head(final, fit)
         dec.add(f"head refitted on all {fit.n:,} training + validation images (C={fit.c:g})")
     if "test" in st.features and "1" in stages:
@@ -372,7 +371,11 @@ def _build(spec, cfg: TrainConfig, opts: FineTuneOptions, bundle, run, started) 
         f"{model.count_params():,}",
         len(blocks),
     )
+    unfrozen = 0 if opts.head_only else unfrozen_block_count(opts.unfreeze, len(blocks))
+    plan = plan_fine_tuning(model, cfg, bundle, stage2_layers(model, blocks, unfrozen))
+    bundle.set_batching(cfg.batch_size, 1, plan.eval_batch_size)  # stage 2 splits batches
     ctx = RunContext(cfg, bundle, run, strategy, started)
+    ctx.memory = plan
     return _Stages(ctx, opts, model, blocks, peak_learning_rate(cfg))
 
 
@@ -547,7 +550,12 @@ def _stage2(st: _Stages, unfrozen: int, after_stage1: bool) -> dict[str, Any]:
     names = freeze_for_stage(model, 2, st.blocks, unfrozen)
     lr2 = opts.stage2_learning_rate or st.lr1 / 10
     done = int((st.state or {}).get("epochs_done") or 0)
-    _compile_stage2(st, unfrozen, lr2)
+    plan, bundle = ctx.memory, ctx.bundle
+    bundle.set_batching(bundle.batch_size, plan.micro_batches, plan.eval_batch_size)
+    cfg2 = ctx.cfg.replace(learning_rate=lr2, micro_batch_size=plan.micro_batch_size)
+    steps, decay = ctx.steps_per_epoch, opts.layer_decay
+    with ctx.strategy.scope():
+        compile_stage2(model, cfg2, steps, bundle.num_classes, st.blocks, unfrozen, decay)
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
     log.info(
         "Stage 2 (%d epochs, lr %g%s): %d of %d blocks unfrozen (%s ... %s), "
@@ -564,7 +572,6 @@ def _stage2(st: _Stages, unfrozen: int, after_stage1: bool) -> dict[str, Any]:
     checkpoint = RunCheckpoint(ctx.run.checkpoints, ctx.monitor, st.state)
     before = checkpoint.state.get("best_value")
     cbs = run_callbacks(ctx, checkpoint, stage=2)
-    bundle = ctx.bundle
     fit_quietly(model, bundle.train, bundle.val, done + ctx.cfg.epochs, done, cbs, ctx.verbose)
     st.state = state = checkpoint.state
     improved = state.get("best_epoch") is not None and (
@@ -585,16 +592,3 @@ def _stage2(st: _Stages, unfrozen: int, after_stage1: bool) -> dict[str, Any]:
         ctx.monitor: state.get("best_value"),
         "seconds": round(time.time() - t0, 2),
     }
-
-
-def _compile_stage2(st: _Stages, unfrozen: int, lr2: float) -> None:
-    """Recompile for stage 2 at ``lr2``, layer-wise decayed when ``layer_decay`` < 1."""
-    from cnnlab.nn.optimizers import layerwise_optimizer, make_optimizer
-
-    ctx, decay = st.ctx, st.opts.layer_decay
-    cfg2 = ctx.cfg.replace(learning_rate=lr2)
-    with ctx.strategy.scope():
-        optimizer = make_optimizer(cfg2, ctx.steps_per_epoch)
-        if decay and decay < 1:
-            optimizer = layerwise_optimizer(optimizer, st.blocks, unfrozen, decay)
-        compile_model(st.model, cfg2, ctx.steps_per_epoch, ctx.bundle.num_classes, optimizer)

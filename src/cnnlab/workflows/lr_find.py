@@ -174,11 +174,14 @@ def _sweep_target(spec, cfg, bundle, stage: str):
         train_dataset,
     )
     from cnnlab.training.fit import model_options
+    from cnnlab.training.memory import plan_whole_batches
 
     options = model_options(spec, cfg, bundle)
     model = create_model(
         spec.name, bundle.num_classes, bundle.image_size, bundle.channels, **options
     )
+    # The head's sweep trains on features: the backbone only runs as in inference.
+    plan_whole_batches(model, cfg, bundle, [] if stage == "head" else None)
     if stage == "head":
         freeze_for_stage(model, 1)
         feats, labels = extract_features(model, bundle.dataset("train", training=False))

@@ -213,7 +213,8 @@ def calibration_numbers(
     if val_n > limits.temperature_examples:
         vrows = np.sort(rng.choice(val_n, limits.temperature_examples, replace=False))
         note = f"Temperature fitted on {len(vrows)} of {val_n} validation images."
-    vprobs, vy = collect_predictions(inputs.model, bundle.subset("val", vrows))
+    val = bundle.subset("val", vrows, batch_size=inputs.batch_size)  # bounded memory
+    vprobs, vy = collect_predictions(inputs.model, val)
     temp = fit_temperature(vprobs, vy)
     scaled = apply_temperature(preds.probs, temp)
     cal["temperature"] = {
@@ -242,7 +243,14 @@ def tta_numbers(
         return tta
     x = model_inputs(inputs.bundle, inputs.split, rows)
     probs, y = preds.probs[rows], preds.y[rows]
-    mean, per_view = tta_predict(inputs.model, x, views, return_views=True, identity_probs=probs)
+    mean, per_view = tta_predict(
+        inputs.model,
+        x,
+        views,
+        batch_size=inputs.batch_size,
+        return_views=True,
+        identity_probs=probs,
+    )
     base = float(np.mean(probs.argmax(1) == y))
     tta.update(
         accuracy_without=base,

@@ -36,6 +36,7 @@ class ReportInputs:
     run_metrics: dict  # metrics.json: parameters, epochs, best epoch
     history: dict[str, list[float]]
     note: str | None = None  # why the report is on another split than the one asked for
+    batch_size: int = 128  # the batch the report runs the model at (test-time views)
 
 
 def read_side_file(run_dir: Path | None, name: str) -> Any:
@@ -91,6 +92,7 @@ def load_inputs(
         run_metrics=read_side_file(run_dir, "metrics.json") or {},
         history=read_history(run_dir / "history.csv" if run_dir else None),
         note=note,
+        batch_size=int(batch_size),
     )
 
 
