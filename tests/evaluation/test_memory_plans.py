@@ -82,3 +82,11 @@ def test_evaluate_and_predict_refuse_a_budget_nothing_fits(tiny_run, tmp_path, m
     image = next((tiny_run.parent.parent / "images").rglob("*.png"))
     assert main(["predict", str(tiny_run), str(image)]) == 2
     assert "cnnlab: error: Prediction needs ~" in capsys.readouterr().err
+    monkeypatch.setenv(MEMORY_BUDGET_ENV, "3GB")  # the command line states its estimate
+    assert main(["predict", str(tiny_run), str(image)]) == 0
+    out = capsys.readouterr()
+    assert re.search(
+        r"cnnlab: Memory: ~\d\.\d GB estimated peak \(prediction, batch 32; budget 3\.0 GB\)",
+        out.err,
+    ), out.err
+    assert "Memory" not in out.out  # stdout holds the predictions alone

@@ -34,7 +34,9 @@ Examples:
 def evaluate(model_or_run, **options) -> None:
     """Evaluate a run folder or .keras model: loss, accuracy, top-k, per-class P/R/F1."""
     import cnnlab
+    from cnnlab.cli.options import show_log
 
+    show_log()
     result = cnnlab.evaluate(model_or_run, **options)
     click.echo(result.report())
     click.echo(

@@ -43,7 +43,10 @@ def export(
 ) -> None:
     """Export a run folder or .keras model and check each file against the Keras model."""
     import cnnlab
+    from cnnlab.cli.options import show_log
     from cnnlab.export.exporter import ExportParityError
+
+    show_log()
 
     try:
         result = cnnlab.export_model(

@@ -31,3 +31,11 @@ def parse_kwargs(items) -> dict:
                     f"Bad --model-kwargs value for {key}: {value!r}", expected="a YAML value"
                 ) from None
     return out
+
+
+def show_log() -> None:
+    """``cnnlab: ...`` lines on stderr for a command that is not a training run (whose
+    config's ``verbose`` decides): its memory estimate, progress and decisions."""
+    from cnnlab.workflows.skeleton import setup_logging
+
+    setup_logging(1)

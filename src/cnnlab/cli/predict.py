@@ -25,8 +25,11 @@ Examples:
 @click.option("-b", "--batch-size", default=32, show_default=True, type=int)
 def predict(model, paths, top_k, fmt, batch_size) -> None:
     """Classify image files and folders with a run folder or .keras model."""
+    from cnnlab.cli.options import show_log
     from cnnlab.evaluation import format_predictions
     from cnnlab.evaluation import predict as run_predict
+
+    show_log()
 
     rows = run_predict(model, list(paths), top_k=top_k, batch_size=batch_size)
     click.echo(format_predictions(rows, fmt), nl=fmt != "csv")

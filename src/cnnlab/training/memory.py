@@ -355,6 +355,9 @@ def plan_fine_tuning(model, cfg: TrainConfig, bundle, trained_layers=None) -> Me
     """
     budget, source = resolve_budget(cfg.memory_budget)
     inputs = MemoryInputs.of(cfg, bundle)
+    if bundle.cache != "none":  # stage 1's features: the training images cached once more
+        h, w = bundle.image_size
+        inputs.held_bytes += len(bundle.examples("train")["labels"]) * h * w * bundle.channels
     est = choose_micro_batch(model, inputs, budget, source, cfg.micro_batch_size, trained_layers)
     if est.micro_batches > 1 and cfg.micro_batch_size is None:
         whole = estimate_memory(model, inputs, trained_layers=trained_layers)

@@ -279,8 +279,12 @@ def gradcam_maps(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The images of ``rows`` and their heat maps for the predicted and for the true class."""
     x = model_inputs(inputs.bundle, inputs.split, rows)
-    maps_pred = gradcam(inputs.model, x, preds.pred[rows], layer=layer)
-    maps_true = gradcam(inputs.model, x, preds.y[rows], layer=layer) if n_wrong else maps_pred
+    # Two images per gradient tape: an eager pass keeps every layer's output for the
+    # gradient (67 MB per image for MobileNet at 224 px), and the report has few of them.
+    maps_pred = gradcam(inputs.model, x, preds.pred[rows], layer=layer, batch_size=2)
+    maps_true = (
+        gradcam(inputs.model, x, preds.y[rows], layer=layer, batch_size=2) if n_wrong else maps_pred
+    )
     return x, maps_pred, maps_true
 
 
