@@ -44,11 +44,16 @@ def timed(name: str, args: list[str], env: dict) -> dict:
     """Run one command under ``/usr/bin/time -v``: its estimate, peak and exit status."""
     start = time.perf_counter()
     done = subprocess.run(
-        ["/usr/bin/time", "-v", *CNNLAB, *args], capture_output=True, text=True, env=env
+        ["/usr/bin/time", "-v", *CNNLAB, name, *args], capture_output=True, text=True, env=env
     )
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
     estimate, detail = _estimate(done.stderr)
-    return {
+    errors = [
+        line
+        for line in done.stderr.splitlines()
+        if line.startswith(("cnnlab: error", "Error:", "Usage:"))
+    ]
+    row = {
         "command": name,
         "args": " ".join(args),
         "exit": done.returncode,
@@ -56,7 +61,10 @@ def timed(name: str, args: list[str], env: dict) -> dict:
         "plan": detail,
         "peak_gb": round(int(peak.group(1)) * 1024 / 1e9, 3) if peak else None,
         "seconds": round(time.perf_counter() - start, 1),
+        "error": errors[-1][:300] if errors else None,
     }
+    print(row, flush=True)
+    return row
 
 
 def served(model: Path, image: Path, env: dict) -> dict:
