@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -71,8 +72,9 @@ def test_train_then_report(two_runs, tmp_path, capsys):
     assert (r1 / "report.html").is_file() and (r1 / "report.json").is_file()
     capsys.readouterr()
     assert main(["report", str(r1), "--output", str(tmp_path / "rep"), "--tta-examples", "5"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "test: accuracy" in out and f"report: {tmp_path / 'rep' / 'report.html'}" in out
+    assert re.search(r"cnnlab: Memory: ~\d\.\d GB estimated peak \(report, batch 128; budget", err)
     assert main(["report", str(tmp_path)]) == 2
     assert "is not a cnnlab run folder (no config.yaml)" in capsys.readouterr().err
 

@@ -41,7 +41,10 @@ self-contained: it opens from disk, offline. `cnnlab train` and
 )
 def report(run, split, output, batch_size, tta_examples) -> None:
     """Write report.html and report.json for a run folder."""
+    from cnnlab.cli.options import show_log
     from cnnlab.evaluation.report import ReportLimits, write_report
+
+    show_log()
 
     result = write_report(
         run,

@@ -69,8 +69,9 @@ def load_inputs(
     if run_dir is not None:
         RunFolder.open(run_dir)
     config = read_side_file(run_dir, "config.yaml") or {}
-    if model is None or bundle is None:
+    if model is None or bundle is None:  # `cnnlab report`: its own memory plan
         model, bundle = _load_model_and_data(run_dir, model, bundle, batch_size)
+        batch_size = _plan_memory(model, bundle, split, batch_size)
     if evaluation is not None:
         class_names = list(evaluation.class_names)
     else:
@@ -94,6 +95,25 @@ def load_inputs(
         note=note,
         batch_size=int(batch_size),
     )
+
+
+def _plan_memory(model, bundle, split: str, batch_size: int) -> int:
+    """Log the report's estimated peak; the batch it runs the model at (smaller when the
+    requested one would not fit the memory budget)."""
+    from cnnlab.evaluation.memory import held_split_bytes, plan_inference
+
+    h, w = bundle.image_size
+    views = min(len(bundle.examples(split)["labels"]), 1000) * h * w * bundle.channels * 4.0
+    batch = plan_inference(
+        model,
+        batch_size,
+        bundle.image_size,
+        bundle.channels,
+        what="report",
+        held_bytes=held_split_bytes(bundle, split) + views,  # + the test-time views' images
+    ).batch_size
+    bundle.eval_batch_size = batch
+    return batch
 
 
 def _load_model_and_data(run_dir: Path | None, model, bundle, batch_size: int):
