@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cnnlab.data.augment import Augmenter, AugmentOptions, resolve_options
-from cnnlab.data.pipeline import make_dataset
+from cnnlab.data.pipeline import caches_in_memory, make_dataset
 from cnnlab.data.scan import ImageInfo, is_grayscale, scan_images
 from cnnlab.data.sources import Source, open_source, parse_spec
 from cnnlab.data.splits import SPLITS, Split, make_split
@@ -82,6 +82,13 @@ class DataBundle:
         elif not self.source.is_records:
             out["images"] = self.source.images[idx]
         return out
+
+    def cached_bytes(self, name: str) -> float:
+        """Decoded bytes of split ``name`` that its pipeline keeps in memory (0 when it
+        streams: ``cache: none``, or ``auto`` over the cache limit)."""
+        h, w = self.image_size
+        size = float(len(self.examples(name)["labels"]) * h * w * self.channels)
+        return size if caches_in_memory(self.cache, size) else 0.0
 
     def records(self, name: str):
         """A ``tfrecord:`` source's reader of one split (a RecordSplit), else None."""

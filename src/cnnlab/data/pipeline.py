@@ -31,6 +31,17 @@ DECODE_BATCH = 32
 SHUFFLE_BUFFER_BYTES = 512 * 1024**2
 
 
+def caches_in_memory(cache: str, size_bytes: float) -> bool:
+    """Whether a split of ``size_bytes`` decoded bytes is cached in memory: always with
+    ``cache: memory``, with ``auto`` when it fits ``CACHE_LIMIT_BYTES``, never with ``none``.
+
+    Example:
+        >>> caches_in_memory("auto", 150e6), caches_in_memory("auto", 5 * 1024**3)
+        (True, False)
+    """
+    return cache == "memory" or (cache == "auto" and size_bytes <= CACHE_LIMIT_BYTES)
+
+
 def apply_options(ds: tf.data.Dataset) -> tf.data.Dataset:
     """Set the options every cnnlab pipeline runs with: tf.data autotuning off.
 
@@ -181,7 +192,7 @@ def make_dataset(
             micro_batches=micro_batches,
         )
     size_bytes = n * image_size[0] * image_size[1] * channels
-    cached = cache == "memory" or (cache == "auto" and size_bytes <= CACHE_LIMIT_BYTES)
+    cached = caches_in_memory(cache, size_bytes)
     # Every image travels with its index: its position in the (permuted) split.
     index = np.arange(n, dtype=np.int64)
     if images is not None:
@@ -304,7 +315,7 @@ def _records_dataset(
     needs_index = bool(
         training and augmenter is not None and getattr(augmenter, "needs_index", False)
     )
-    cached = cache == "memory" or (cache == "auto" and size_bytes <= CACHE_LIMIT_BYTES)
+    cached = caches_in_memory(cache, size_bytes)
     buffer = 0
     if training and not cached:
         per_record = max(1.0, records.mean_record_bytes)

@@ -13,7 +13,7 @@ import numpy as np
 
 from cnnlab._io import unique_dir, write_json, write_text
 from cnnlab.errors import DataError
-from cnnlab.evaluation.memory import held_split_bytes, plan_inference
+from cnnlab.evaluation.memory import plan_inference
 from cnnlab.evaluation.metrics import collect_predictions, compute_metrics, format_report
 from cnnlab.evaluation.plots import plot_confusion_matrix
 
@@ -165,7 +165,7 @@ def score_run(
         batch_size,
         loaded.image_size,
         loaded.channels,
-        held_bytes=held_split_bytes(bundle, split),
+        held_bytes=bundle.cached_bytes(split),
     ).batch_size
     result = score(loaded.model, bundle, split, loaded.class_names, top_k, label_map)
     if output is None:

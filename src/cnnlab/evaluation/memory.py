@@ -66,11 +66,3 @@ def plan_inference(
         )
     log.info("%s", est.line())
     return est
-
-
-def held_split_bytes(bundle, split: str) -> float:
-    """Decoded bytes of ``split`` a pipeline caches in memory (none with ``cache: none``)."""
-    if getattr(bundle, "cache", "auto") == "none":
-        return 0.0
-    h, w = bundle.image_size
-    return float(len(bundle.examples(split)["labels"]) * h * w * bundle.channels)

@@ -36,35 +36,33 @@ def _layer_outputs(layer) -> list:
         return [t for node in nodes for t in keras.tree.flatten(node.output_tensors)]
 
 
-def layer_sizes(model) -> list[int]:
-    """Elements per image of every layer output (nested models included), in order."""
+def output_sizes(layers, *, inputs: bool = False) -> list[int]:
+    """Elements per image of every output of ``layers`` (a nested model: its own layers),
+    in order; outputs of unknown size are left out, and ``InputLayer``s too unless
+    ``inputs`` (fine-tuning's list of trained layers names the model's input)."""
     sizes: list[int] = []
-    for layer in model.layers:
-        if type(layer).__name__ == "InputLayer":
-            continue
-        if hasattr(layer, "layers") and layer.layers:  # a nested model: its own layers
-            sizes += layer_sizes(layer)
-            continue
-        for t in _layer_outputs(layer):
-            dims = [d for d in t.shape[1:]]
-            if any(d is None for d in dims):
-                continue
-            sizes.append(int(math.prod(dims)) if dims else 1)
-    return sizes
-
-
-def output_bytes(layers) -> int:
-    """Bytes of the outputs of ``layers`` for one image (float32), nested models included."""
-    total = 0
     for layer in layers:
+        if type(layer).__name__ == "InputLayer" and not inputs:
+            continue
         if hasattr(layer, "layers") and layer.layers:
-            total += output_bytes(layer.layers)
+            sizes += output_sizes(layer.layers, inputs=inputs)
             continue
         for t in _layer_outputs(layer):
             dims = list(t.shape[1:])
             if not any(d is None for d in dims):
-                total += 4 * (int(math.prod(dims)) if dims else 1)
-    return total
+                sizes.append(int(math.prod(dims)) if dims else 1)
+    return sizes
+
+
+def layer_sizes(model) -> list[int]:
+    """Elements per image of every layer output (nested models included), in order."""
+    return output_sizes(model.layers)
+
+
+def output_bytes(layers) -> int:
+    """Bytes of the outputs of ``layers`` for one image (float32), nested models and
+    input layers included."""
+    return 4 * sum(output_sizes(layers, inputs=True))
 
 
 def activation_bytes(model) -> int:

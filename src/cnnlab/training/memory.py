@@ -111,15 +111,10 @@ def held_image_bytes(bundle) -> float:
     """Bytes of decoded images the run keeps in memory: the training split's cache and
     its shuffle buffer (:data:`TRAIN_CACHE_COPIES`), the validation and test caches, and
     an in-memory source's arrays (:data:`IN_MEMORY_COPIES`)."""
-    from cnnlab.data.pipeline import CACHE_LIMIT_BYTES
-
-    h, w = bundle.image_size
-    per_image = float(h * w * bundle.channels)
-    total = 0.0
-    for split, copies in (("train", TRAIN_CACHE_COPIES), ("val", 1.0), ("test", 1.0)):
-        size = len(bundle.examples(split)["labels"]) * per_image
-        if bundle.cache == "memory" or (bundle.cache == "auto" and size <= CACHE_LIMIT_BYTES):
-            total += copies * size
+    total = sum(
+        copies * bundle.cached_bytes(split)
+        for split, copies in (("train", TRAIN_CACHE_COPIES), ("val", 1.0), ("test", 1.0))
+    )
     images = getattr(bundle.source, "images", None)
     if images is not None:
         total += IN_MEMORY_COPIES * float(images.nbytes)
@@ -355,9 +350,7 @@ def plan_fine_tuning(model, cfg: TrainConfig, bundle, trained_layers=None) -> Me
     """
     budget, source = resolve_budget(cfg.memory_budget)
     inputs = MemoryInputs.of(cfg, bundle)
-    if bundle.cache != "none":  # stage 1's features: the training images cached once more
-        h, w = bundle.image_size
-        inputs.held_bytes += len(bundle.examples("train")["labels"]) * h * w * bundle.channels
+    inputs.held_bytes += bundle.cached_bytes("train")  # stage 1's features: cached once more
     est = choose_micro_batch(model, inputs, budget, source, cfg.micro_batch_size, trained_layers)
     if est.micro_batches > 1 and cfg.micro_batch_size is None:
         whole = estimate_memory(model, inputs, trained_layers=trained_layers)

@@ -100,7 +100,7 @@ def load_inputs(
 def _plan_memory(model, bundle, split: str, batch_size: int) -> int:
     """Log the report's estimated peak; the batch it runs the model at (smaller when the
     requested one would not fit the memory budget)."""
-    from cnnlab.evaluation.memory import held_split_bytes, plan_inference
+    from cnnlab.evaluation.memory import plan_inference
 
     h, w = bundle.image_size
     views = min(len(bundle.examples(split)["labels"]), 1000) * h * w * bundle.channels * 4.0
@@ -110,7 +110,7 @@ def _plan_memory(model, bundle, split: str, batch_size: int) -> int:
         bundle.image_size,
         bundle.channels,
         what="report",
-        held_bytes=held_split_bytes(bundle, split) + views,  # + the test-time views' images
+        held_bytes=bundle.cached_bytes(split) + views,  # + the test-time views' images
     ).batch_size
     bundle.eval_batch_size = batch
     return batch
