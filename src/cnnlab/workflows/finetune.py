@@ -89,6 +89,7 @@ from cnnlab.workflows.skeleton import (
     finish_run,
     log_data,
     record_geometry,
+    redraw_split,
     resolve_test_data,
     run_callbacks,
     seed_everything,
@@ -229,9 +230,9 @@ def _plan_data(cfg: TrainConfig, opts: FineTuneOptions, spec, explicit: set[str]
         dec.add(f"test split: {n_test:,} images carved from {cfg.data} (no separate test set)")
     pool = len(bundle.examples("train")["labels"]) + len(bundle.examples("val")["labels"])
     val_split, reason = plan_validation(pool, given, "val_split" in explicit, wanted)
-    if val_split != cfg.val_split:
+    if val_split != cfg.val_split:  # the files are not scanned again
         cfg = cfg.replace(val_split=val_split)
-        bundle = data_from_config(cfg, image_size=size)
+        redraw_split(bundle, cfg)
     n_val = len(bundle.examples("val")["labels"])
     dec.add(
         f"{pool:,} training images: "

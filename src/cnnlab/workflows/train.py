@@ -24,6 +24,7 @@ from cnnlab.workflows.skeleton import (
     finish_run,
     log_data,
     record_geometry,
+    redraw_split,
     resolve_test_data,
     run_callbacks,
     scratch_config,
@@ -200,7 +201,6 @@ def _apply_recipe(given: TrainConfig, explicit: set[str], bundle) -> TrainConfig
     images). Pipelines are built lazily, so batch size and augmentation can still
     change; the split and images are as loaded."""
     from cnnlab.data.augment import resolve_options
-    from cnnlab.data.splits import make_split
     from cnnlab.training import recipes
 
     def apply():
@@ -209,11 +209,9 @@ def _apply_recipe(given: TrainConfig, explicit: set[str], bundle) -> TrainConfig
 
     cfg, applied = apply()
     if cfg.val_split != given.val_split and not bundle.source.is_records:
-        # The recipe changed the validation share: redraw the split (the test split is
-        # drawn first from the seed, so it stays the same), then settle the batch size
-        # on the new training count. A packed (tfrecord:) split is fixed: nothing to redraw.
-        skip = bundle.split.assignment == "skipped"
-        bundle.split = make_split(bundle.source, cfg.val_split, cfg.test_split, cfg.seed, skip=skip)
+        # The recipe changed the validation share: redraw the split, then settle the
+        # batch size on the new training count.
+        redraw_split(bundle, cfg)
         cfg, applied = apply()
     if applied:
         log.info("Recipe %s: %s", cfg.recipe, ", ".join(f"{k}={v}" for k, v in applied.items()))
