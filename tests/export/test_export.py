@@ -99,7 +99,25 @@ def test_a_failed_export_prints_the_table_then_the_error_and_its_fix(
     assert re.search(r"\nonnx +\(deleted\) .* FAILED: max \|Δp\|", captured.out)
     error = captured.err.strip().splitlines()[-1]
     assert "Export parity check failed for onnx (max |Δp|" in error
-    assert error.endswith("or a looser thresholds= in Python.")
+    assert error.endswith("Check the model, or pass a looser thresholds= in Python.")
+
+
+def test_a_failed_int8_export_names_the_command_for_the_other_formats(
+    export_run, tmp_path, capsys, monkeypatch
+):
+    from cnnlab.cli.main import main
+    from cnnlab.export import parity
+
+    monkeypatch.setitem(parity.THRESHOLDS, "int8_accuracy_drop", -1.0)
+    out = tmp_path / "int8"
+    code = main(["export", str(export_run), "--format", "tflite-int8", "--output", str(out)])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code != 0 and not (out / "model_int8.tflite").exists()
+    assert "Export parity check failed for tflite-int8 (accuracy" in error
+    assert (
+        "Export the other formats with --format keras,savedmodel,tflite,tflite-fp16,onnx "
+        "(tflite-fp16 is half the size at float accuracy)" in error
+    )
 
 
 def test_fp16_agreement_leaves_out_near_ties_but_not_real_flips():
@@ -147,9 +165,8 @@ def test_a_failed_parity_check_deletes_the_file_and_says_why(tmp_path, held_out)
         ModelError,
         match=r"Export parity check failed for tflite \(max \|Δp\| "
         r"\S+ > -1e\+00\), onnx \(max \|Δp\| \S+ > -1e\+00\); the failing "
-        r"file\(s\) were deleted, the rest are in \S+\. Check the model, or for int8 pass "
-        r"more representative images \(--representative-images\) or a looser thresholds= "
-        r"in Python\.$",
+        r"file\(s\) were deleted, the rest are in \S+\. Check the model, or pass a looser "
+        r"thresholds= in Python\.$",
     ) as failure:
         export_keras(
             model,

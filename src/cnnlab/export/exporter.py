@@ -227,9 +227,22 @@ class ExportParityError(ModelError):
         super().__init__(
             f"Export parity check failed for {', '.join(failed)}; the failing "
             f"file(s) were deleted, the rest are in {result.output_dir}",
-            fix="Check the model, or for int8 pass more representative images "
-            "(--representative-images) or a looser thresholds= in Python",
+            fix=_parity_fix(failed),
         )
+
+
+def _parity_fix(failed: list[str]) -> str:
+    """What to do about failed parity checks: int8's own causes, else the model's."""
+    if not any(f.startswith("tflite-int8") for f in failed):
+        return "Check the model, or pass a looser thresholds= in Python"
+    others = ",".join(f for f in FORMATS if f != "tflite-int8")
+    return (
+        "int8 quantisation costs some networks more than a point of accuracy (those "
+        "with depthwise convolutions, such as MobileNet, most). Export the other formats "
+        f"with --format {others} (tflite-fp16 is half the size at float accuracy), pass "
+        "more representative images (--representative-images) if calibration is the "
+        "cause, or a looser thresholds= in Python"
+    )
 
 
 def _stratified_rows(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
