@@ -152,3 +152,26 @@ def read_history(path: str | os.PathLike | None) -> dict[str, list[float]]:
         if not all(math.isnan(v) for v in vals):
             out[key] = vals
     return out
+
+
+def best_in_history(
+    path: str | os.PathLike | None, monitor: str, first_epoch: int = 0
+) -> tuple[int | None, float | None]:
+    """The best epoch (1-based) and value of ``monitor`` from epoch ``first_epoch`` (0-based)
+    on: the lowest for a loss, else the highest; ``(None, None)`` when none was logged.
+
+    Example:
+        >>> best_in_history("runs/x/history.csv", "val_accuracy", first_epoch=4)
+        (6, 0.91)
+    """
+    history = read_history(path)
+    epochs = history.get("epoch", [])
+    pairs = [
+        (int(e) + 1, v)
+        for e, v in zip(epochs, history.get(monitor, []))
+        if e >= first_epoch and not math.isnan(v)
+    ]
+    if not pairs:
+        return None, None
+    pick = min if "loss" in monitor else max
+    return pick(pairs, key=lambda pair: pair[1])

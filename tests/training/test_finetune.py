@@ -169,6 +169,12 @@ def test_stage2_never_leaves_the_model_worse_and_the_cli_reports_both(
     metrics = json.loads((run / "metrics.json").read_text())
     s1, s2 = metrics["stages"]["1"], metrics["stages"]["2"]
     assert s2["improved_on_stage1"] is False
+    # Stage 2 reports its own epochs, not the best so far (which is stage 1's).
+    rows = list(csv.DictReader(open(run / "history.csv", newline="")))
+    own = {int(r["epoch"]) + 1: float(r["val_accuracy"]) for r in rows if r["stage"] == "2"}
+    assert len(own) == 2 and s2["val_accuracy"] == pytest.approx(max(own.values()))
+    assert own[s2["best_epoch"]] == max(own.values())
+    assert s2["val_accuracy"] < s1["val_accuracy"]  # a rate of 50 wrecks it
     decisions = json.loads((run / "decisions.json").read_text())["decisions"]
     assert any(
         line.startswith("stage 2 not kept: no validation gain (val_accuracy ") for line in decisions

@@ -54,7 +54,7 @@ import numpy as np
 
 from cnnlab._io import atomic_write, write_json
 from cnnlab.config import TrainConfig
-from cnnlab.run_folder import RunFolder, read_history
+from cnnlab.run_folder import RunFolder, best_in_history, read_history
 from cnnlab.training.callbacks import RunCheckpoint, SaveClassifier
 from cnnlab.training.finetune import (
     FineTuneOptions,
@@ -583,13 +583,14 @@ def _stage2(st: _Stages, unfrozen: int, after_stage1: bool) -> dict[str, Any]:
             "Stage 2 never beat stage 1's %s; the final model is stage 1's best epoch",
             ctx.monitor,
         )
-    return {
+    best_epoch, best = best_in_history(ctx.run.history, ctx.monitor, first_epoch=done)
+    return {  # stage 2's own best (the checkpoint's may still be stage 1's)
         "epochs": int(state.get("epochs_done") or 0) - done,
         "unfrozen_blocks": names,
         "learning_rate": lr2,
         "layer_decay": opts.layer_decay,
         "improved_on_stage1": bool(improved),
-        "best_epoch": state.get("best_epoch"),
-        ctx.monitor: state.get("best_value"),
+        "best_epoch": best_epoch,
+        ctx.monitor: best,
         "seconds": round(time.time() - t0, 2),
     }
