@@ -561,14 +561,14 @@ def test_stage2_micro_batches_train_as_the_whole_batch(flowers, tiny_fine_tune, 
 def test_a_planned_validation_split_is_redrawn_without_scanning_again(make_folder, monkeypatch):
     import cnnlab.data as data
     from cnnlab.config import TrainConfig
-    from cnnlab.workflows.skeleton import data_from_config, redraw_split
+    from cnnlab.workflows.skeleton import data_from_config
 
     folder = make_folder("many", classes=("a", "b"), per_class=20, size=8)
     cfg = TrainConfig(data=f"folder:{folder}", image_size=(8, 8), val_split=0.0, test_split=0.2)
     bundle = data_from_config(cfg)
     scans = []
     monkeypatch.setattr(data, "scan_images", lambda *a, **k: scans.append(a) or [])
-    redraw_split(bundle, cfg.replace(val_split=0.25))
+    bundle.redraw_split(0.25, cfg.test_split)
     assert scans == []
     monkeypatch.undo()
     fresh = data_from_config(cfg.replace(val_split=0.25))

@@ -111,6 +111,18 @@ class DataBundle:
         self.eval_batch_size = None if eval_batch_size is None else int(eval_batch_size)
         self._datasets.clear()
 
+    def redraw_split(self, val_split: float, test_split: float) -> None:
+        """Draw the split again for new shares, without scanning the files again.
+
+        The test split is drawn first from the seed, so it stays the same; undecodable
+        files stay out. A packed (``tfrecord:``) split is fixed: nothing is redrawn.
+        """
+        if self.source.is_records:
+            return
+        skip = self.split.assignment == "skipped"
+        self.split = make_split(self.source, val_split, test_split, self.seed, skip=skip)
+        self._datasets.clear()
+
     def dataset(self, name: str, training: bool | None = None):
         """The tf.data pipeline for one split (built once, then reused)."""
         if name not in SPLITS:

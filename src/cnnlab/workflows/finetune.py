@@ -89,7 +89,6 @@ from cnnlab.workflows.skeleton import (
     finish_run,
     log_data,
     record_geometry,
-    redraw_split,
     resolve_test_data,
     run_callbacks,
     seed_everything,
@@ -232,7 +231,7 @@ def _plan_data(cfg: TrainConfig, opts: FineTuneOptions, spec, explicit: set[str]
     val_split, reason = plan_validation(pool, given, "val_split" in explicit, wanted)
     if val_split != cfg.val_split:  # the files are not scanned again
         cfg = cfg.replace(val_split=val_split)
-        redraw_split(bundle, cfg)
+        bundle.redraw_split(cfg.val_split, cfg.test_split)
     n_val = len(bundle.examples("val")["labels"])
     dec.add(
         f"{pool:,} training images: "

@@ -106,21 +106,6 @@ def data_from_config(cfg: TrainConfig, *, image_size=None, split=None):
     )
 
 
-def redraw_split(bundle, cfg: TrainConfig) -> None:
-    """Draw ``bundle``'s split again for ``cfg``'s shares, without scanning the files again.
-
-    The test split is drawn first from the seed, so it stays the same; undecodable files
-    stay out. A packed (``tfrecord:``) split is fixed: nothing is redrawn.
-    """
-    from cnnlab.data import make_split
-
-    if bundle.source.is_records:
-        return
-    skip = bundle.split.assignment == "skipped"
-    bundle.split = make_split(bundle.source, cfg.val_split, cfg.test_split, cfg.seed, skip=skip)
-    bundle._datasets.clear()
-
-
 def resolve_test_data(cfg: TrainConfig, explicit: set[str]) -> TrainConfig:
     """Settle ``test_data``: the given spec, ``none``, or a ``test/`` folder beside ``train/``.
 

@@ -24,7 +24,6 @@ from cnnlab.workflows.skeleton import (
     finish_run,
     log_data,
     record_geometry,
-    redraw_split,
     resolve_test_data,
     run_callbacks,
     scratch_config,
@@ -211,7 +210,7 @@ def _apply_recipe(given: TrainConfig, explicit: set[str], bundle) -> TrainConfig
     if cfg.val_split != given.val_split and not bundle.source.is_records:
         # The recipe changed the validation share: redraw the split, then settle the
         # batch size on the new training count.
-        redraw_split(bundle, cfg)
+        bundle.redraw_split(cfg.val_split, cfg.test_split)
         cfg, applied = apply()
     if applied:
         log.info("Recipe %s: %s", cfg.recipe, ", ".join(f"{k}={v}" for k, v in applied.items()))
