@@ -155,6 +155,17 @@ class CnnlabDeprecationWarning(FutureWarning):
     """
 
 
+def monitor_mode(metric: str) -> str:
+    """``"min"`` for a loss (``loss``, ``val_loss``), else ``"max"``: which way a monitored
+    metric improves, for checkpoints, early stopping, stage summaries and sweeps.
+
+    Example:
+        >>> monitor_mode("val_loss"), monitor_mode("val_accuracy")
+        ('min', 'max')
+    """
+    return "min" if "loss" in metric else "max"
+
+
 def _deprecated(old: str, new: str, where: str, what: str = "key") -> None:
     # Point the warning at the first caller outside cnnlab: the user's line.
     package = os.path.dirname(os.path.abspath(__file__))

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from cnnlab._io import write_text
+from cnnlab.config import monitor_mode
 from cnnlab.errors import RunError
 
 
@@ -173,5 +174,5 @@ def best_in_history(
     ]
     if not pairs:
         return None, None
-    pick = min if "loss" in monitor else max
+    pick = min if monitor_mode(monitor) == "min" else max
     return pick(pairs, key=lambda pair: pair[1])

@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from cnnlab.config import TrainConfig, canonical_key, read_yaml_mapping
+from cnnlab.config import TrainConfig, canonical_key, monitor_mode, read_yaml_mapping
 from cnnlab.errors import ConfigError, close_matches
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -121,7 +121,7 @@ class SweepSpec:
 
     @property
     def direction(self) -> str:
-        return "minimize" if "loss" in self.metric else "maximize"
+        return "minimize" if monitor_mode(self.metric) == "min" else "maximize"
 
     def grid_space(self) -> dict[str, list[Any]]:
         return {p.name: p.grid(f"sweep '{self.name}'") for p in self.params}

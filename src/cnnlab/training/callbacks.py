@@ -8,6 +8,7 @@ import time
 import keras
 
 from cnnlab._io import atomic_write, write_json
+from cnnlab.config import monitor_mode
 
 
 class EpochStats(keras.callbacks.Callback):
@@ -48,7 +49,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.dir = checkpoint_dir
         self.monitor = monitor
-        self.mode = "min" if "loss" in monitor else "max"
+        self.mode = monitor_mode(monitor)
         self.state = state or {"epochs_done": 0, "best_epoch": None, "best_value": None}
 
     def _better(self, value: float) -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab._io import write_json
-from cnnlab.config import TrainConfig
+from cnnlab.config import TrainConfig, monitor_mode
 from cnnlab.errors import ConfigError
 from cnnlab.run_folder import RunFolder
 
@@ -242,7 +242,7 @@ def run_callbacks(ctx: RunContext, checkpoint, *, before=(), stage: int | None =
             keras.callbacks.EarlyStopping(
                 monitor=monitor,
                 patience=ctx.cfg.early_stopping,
-                mode="min" if "loss" in monitor else "max",
+                mode=monitor_mode(monitor),
             )
         )
     return cbs + list(ctx.extra_callbacks)
