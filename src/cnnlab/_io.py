@@ -69,6 +69,18 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's feature flags as Linux lists them (``avx512_bf16``, ``amx_bf16``, ...);
+    empty where ``/proc/cpuinfo`` is absent (macOS, Windows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return []
+
+
 def environment(seed: int | None = None) -> dict[str, Any]:
     """Versions, hardware and seed: what someone needs to reproduce a run."""
     import importlib.metadata as md
@@ -81,21 +93,13 @@ def environment(seed: int | None = None) -> dict[str, Any]:
         except md.PackageNotFoundError:
             return None
 
-    cpu_flags: list[str] = []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma", "avx512_vnni")
-                cpu_flags = [f for f in line.split(":")[1].split() if f in wanted]
-                break
-    except OSError:
-        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "fma", "avx512_vnni")
     return {
         "seed": seed,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "cpu_flags": cpu_flags,
+        "cpu_flags": [f for f in cpu_flags() if f in wanted],
         "devices": [d.name for d in tf.config.list_logical_devices()],
         "versions": {
             p: version(p)

@@ -33,6 +33,7 @@ RECIPES = ("auto", "fast", "plain")  # see cnnlab.training.recipes
 AUGMENT_POLICIES = ("auto", "none", "light", "standard", "strong")
 RESIZE_MODES = ("stretch", "crop", "pad")
 STRATEGIES = ("default", "mirrored", "multiworker")  # see cnnlab.training.distribute
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")  # see cnnlab.models.precision
 
 
 @dataclass
@@ -94,6 +95,9 @@ class TrainConfig:
     seed: int = 42
     deterministic: bool = False
     strategy: str = "default"
+    # the Keras dtype policy training computes in: float32, mixed_bfloat16, or auto
+    # (mixed_bfloat16 where the hardware has bfloat16 units); the saved model is float32
+    precision: str = "float32"
     # checkpoints (last/best.keras, state.json) go here instead of <run>/checkpoints: a
     # folder every worker of a multi-worker cluster can reach
     backup_dir: str | None = None
@@ -328,6 +332,7 @@ def _coerce(cfg_dict: dict[str, Any]) -> TrainConfig:
     _check_choice("augment", cfg.augment, AUGMENT_POLICIES)
     _check_choice("resize", cfg.resize, RESIZE_MODES)
     _check_choice("strategy", cfg.strategy, STRATEGIES)
+    _check_choice("precision", cfg.precision, PRECISIONS)
     _check_choice("class_weight", cfg.class_weight, ("none", "balanced"))
     _check_choice("cache", cfg.cache, ("auto", "memory", "none"))
     _check_range("val_split", cfg.val_split, 0.0, 0.9)
