@@ -358,3 +358,24 @@ def test_test_data_and_a_test_split_together_is_a_config_error(make_folder, runs
             **TINY,
         )
     assert not runs_dir.exists()
+
+
+def test_mixed_precision_trains_resumes_in_bfloat16_and_ships_a_float32_model(
+    image_folder, runs_dir
+):
+    from cnnlab.models.precision import model_precision
+    from cnnlab.models.saving import load_model
+
+    common = dict(data=f"folder:{image_folder}", runs_dir=str(runs_dir), name="bf16", **TINY)
+    first = cnnlab.train(epochs=1, precision="mixed_bfloat16", **common)
+    assert "precision: mixed_bfloat16" in (first.run_dir / "config.yaml").read_text()
+    assert model_precision(first.model) == "float32"
+    assert model_precision(load_model(first.run_dir / "model.keras")) == "float32"
+    # The checkpoint keeps the training policy, so a resumed run goes on in bfloat16.
+    checkpoint = load_model(first.run_dir / "checkpoints" / "last.keras")
+    assert model_precision(checkpoint) == "mixed_bfloat16"
+    again = cnnlab.train(resume=first.run_dir, epochs=2)
+    assert again.config.precision == "mixed_bfloat16"
+    assert len(again.history["loss"]) == 2
+    assert model_precision(load_model(again.run_dir / "model.keras")) == "float32"
+    assert again.metrics["test"]["accuracy"] == pytest.approx(again.test_accuracy)

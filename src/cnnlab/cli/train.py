@@ -8,6 +8,7 @@ from cnnlab.cli.options import parse_kwargs
 from cnnlab.config import (
     AUGMENT_POLICIES,
     OPTIMIZERS,
+    PRECISIONS,
     RECIPES,
     RESIZE_MODES,
     SCHEDULES,
@@ -175,6 +176,12 @@ Examples:
     type=click.Choice(STRATEGIES),
     help="tf.distribute strategy [default: one device]; multiworker: the cluster of "
     "TF_CONFIG (see cnnlab launch).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    help="Compute dtype policy: float32, mixed_bfloat16, or auto (mixed_bfloat16 where the "
+    "hardware has bfloat16 units); the saved model is float32 [float32; fast recipe: auto].",
 )
 @click.option(
     "--backup-dir",

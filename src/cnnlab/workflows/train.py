@@ -94,6 +94,7 @@ def train(
         0.97...
     """
     from cnnlab.models import get_spec
+    from cnnlab.models.precision import to_float32
 
     started = time.time()
     start = _start(config, resume, overrides)
@@ -124,7 +125,8 @@ def train(
     # The final model is the best validation epoch (or the last one without validation).
     # The fast recipe's schedule and lookahead are built to end at the last
     # epoch (measured: CIFAR-10 epoch 10 0.823 vs its best-train-accuracy epoch 8 0.798).
-    final = best_model(ctx, model, use_best=cfg.recipe != "fast")
+    # A mixed-precision run ships its model in float32 (cnnlab.models.precision).
+    final = to_float32(best_model(ctx, model, use_best=cfg.recipe != "fast"))
     metrics = checkpoint_metrics(ctx, checkpoint.state, final)
     metrics["train_seconds_this_session"] = round(seconds, 2)
     metrics["memory"] = ctx.memory.record() if ctx.memory else None
@@ -190,6 +192,7 @@ def _load_data(start: _Start):
     bundle = data_from_config(cfg, image_size=image_size, split=saved_split)
     if start.run is None:
         cfg = _apply_recipe(cfg, start.explicit, bundle)
+        cfg = _resolve_precision(cfg)
     record_geometry(cfg, bundle)
     log_data(cfg, bundle)
     return cfg, bundle
@@ -219,11 +222,29 @@ def _apply_recipe(given: TrainConfig, explicit: set[str], bundle) -> TrainConfig
     return cfg
 
 
+def _resolve_precision(cfg: TrainConfig) -> TrainConfig:
+    """``precision: auto`` settled for this machine, so config.yaml says what ran."""
+    from cnnlab.models.precision import resolve_precision
+
+    if cfg.precision != "auto":
+        return cfg
+    cfg = cfg.replace(precision=resolve_precision("auto"))
+    log.info(
+        "Precision auto: %s (%s)",
+        cfg.precision,
+        "this machine has bfloat16 units"
+        if cfg.precision != "float32"
+        else "no bfloat16 units here, where bfloat16 would be emulated and slower",
+    )
+    return cfg
+
+
 def _build(start: _Start, cfg: TrainConfig, bundle, started: float):
     """The model under the strategy: a new one (set up and compiled), or the resumed
     run's last checkpoint. A new run's folder is created only now that data and model
     are known to work: a bad option or missing weights file leaves no empty folder."""
     from cnnlab.models import create_model, get_spec
+    from cnnlab.models.precision import dtype_policy
     from cnnlab.models.saving import load_model
     from cnnlab.training import recipes
     from cnnlab.training.distribute import worker_role
@@ -243,9 +264,10 @@ def _build(start: _Start, cfg: TrainConfig, bundle, started: float):
             plan = _plan_memory(model, cfg, bundle, resumed=True)
         else:
             options = model_options(spec, cfg, bundle)
-            model = create_model(
-                cfg.model, bundle.num_classes, bundle.image_size, bundle.channels, **options
-            )
+            with dtype_policy(cfg.precision):
+                model = create_model(
+                    cfg.model, bundle.num_classes, bundle.image_size, bundle.channels, **options
+                )
             recipes.prepare_model(model, bundle)  # e.g. fit airbench's whitening layer
             plan = _plan_memory(model, cfg, bundle, resumed=False)
             compile_model(
