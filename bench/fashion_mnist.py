@@ -15,6 +15,7 @@ Usage:
     python bench/fashion_mnist.py                          # the default recipe (10 epochs)
     python bench/fashion_mnist.py --epochs 4 --width 0.25  # a shorter run
     python bench/fashion_mnist.py --epochs 16 --width 1    # more time, more accuracy
+    python bench/fashion_mnist.py --precision float32      # without bfloat16 arithmetic
 
 Results are appended to bench/results/fashion_mnist.jsonl. The CPU may be
 shared: wall times depend on the load (recorded with the result).
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--epochs", type=int, help="epochs [the recipe's: 10]")
     ap.add_argument("--width", type=float, help="airbench width multiplier [the recipe's: 0.5]")
+    ap.add_argument("--precision", help="float32, mixed_bfloat16 or auto [the recipe's: auto]")
     ap.add_argument("--data-dir", help="folder with the Fashion-MNIST .gz files [Debian's copy]")
     ap.add_argument("--runs", help="parent folder of the run folder [a temp dir]")
     ap.add_argument("--seed", type=int, default=42)
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import cnnlab
 
-    overrides = {"epochs": args.epochs, "data_dir": args.data_dir}
+    overrides = {"epochs": args.epochs, "data_dir": args.data_dir, "precision": args.precision}
     if args.width is not None:
         overrides["model_kwargs"] = {"width": args.width}
     t0 = time.perf_counter()
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": result.config.model,
         "width": result.config.model_kwargs.get("width"),
         "epochs": result.config.epochs,
+        "precision": result.config.precision,
         "test accuracy": result.test_accuracy,
         "train s": round(sum(history.get("epoch_seconds", [])), 1),
         "total wall s": round(wall, 1),

@@ -143,11 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         for variant in variants:
+            # clear_session() resets the global dtype policy, so the policy comes after it
+            # (set before it, every "bf16" row measured float32 until 2026-12-01).
+            keras.utils.clear_session()
             keras.mixed_precision.set_global_policy(
                 "mixed_bfloat16" if variant == "bf16" else "float32"
             )
-            keras.utils.clear_session()
             model = build(name)
+            if variant == "bf16" and not any(
+                layer.compute_dtype == "bfloat16" for layer in model.layers
+            ):
+                raise RuntimeError(f"{name} was not built in bfloat16")
             flops = forward_flops(model)
             train, infer = measure(model, args.batch, args.seconds, jit=variant == "xla")
             peak = peaks["bf16" if variant == "bf16" else "fp32"]

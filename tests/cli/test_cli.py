@@ -107,6 +107,7 @@ def test_help_shows_the_long_names_with_their_short_aliases(capsys):
         "--schedule, --sched",
         "--label-smoothing, --smoothing",
         "--runs-dir TEXT",
+        "--precision [auto|float32|mixed_bfloat16]",
     ):
         assert option in out
     assert "--output" not in out  # the deprecated name still works, but is not advertised
