@@ -64,7 +64,7 @@ source's array): ``TRAIN_CACHE_COPIES`` 2.5 plus ``BATCHES_IN_FLIGHT``, and
 A ``mixed_bfloat16`` run (``--precision``) keeps most layer outputs at half the
 size, but its BatchNorm layers compute in float32 and every layer casts; the
 estimate still counts float32 outputs, so it is an upper bound there: the fast
-recipe's 7-epoch CIFAR-10 run in bfloat16 peaked at 2.42 GB against the same
+recipe's 7-epoch CIFAR-10 run in bfloat16 peaked at 2.31 GB against the same
 3.4 GB estimate (3.12 GB in float32).
 """
 
