@@ -83,3 +83,14 @@ def test_fine_tuning_refuses_mixed_precision():
     with pytest.raises(ConfigError, match="precision mixed_bfloat16 given to `cnnlab finetune`"):
         refuse_outside_train(TrainConfig(precision="mixed_bfloat16"), "finetune")
     refuse_outside_train(TrainConfig(), "finetune")  # float32: accepted
+
+
+def test_a_compiled_model_that_never_trained_ships_with_a_fresh_optimizer():
+    with dtype_policy("mixed_bfloat16"):
+        model = create_model("airbench", 3, 16, 3, width=0.125, tta=0)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="categorical_crossentropy"
+    )
+    shipped = to_float32(model)  # the optimizer had no slots to copy
+    assert model_precision(shipped) == "float32"
+    assert int(shipped.optimizer.iterations.numpy()) == 0

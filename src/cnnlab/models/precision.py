@@ -105,8 +105,10 @@ def to_float32(model):
     shipped.set_weights(model.get_weights())
     if model.compiled and model.get_compile_config():
         shipped.compile_from_config(model.get_compile_config())  # builds the optimizer
-        for new, old in zip(shipped.optimizer.variables, model.optimizer.variables):
-            new.assign(old)
+        state = model.optimizer.variables
+        if len(state) == len(shipped.optimizer.variables):  # else it never stepped
+            for new, old in zip(shipped.optimizer.variables, state):
+                new.assign(old)
     log.info("The saved model computes in float32 (trained in %s)", model_precision(model))
     return shipped
 
