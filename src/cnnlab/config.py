@@ -61,6 +61,10 @@ class TrainConfig:
     translation: float | None = None
     contrast: float | None = None
     random_crop: int | None = None
+    # progressive resizing: this fraction of the epochs (the first ones) trains at 3/4 of
+    # the image side, about half the compute per image (models with a TrainingResize
+    # layer: airbench); 0 trains every epoch at full size
+    progressive_resize: float = 0.0
     # recipe: defaults for the keys not given (auto = fast for 20-40 px images)
     recipe: str = "auto"
     # model
@@ -338,6 +342,7 @@ def _coerce(cfg_dict: dict[str, Any]) -> TrainConfig:
     _check_range("val_split", cfg.val_split, 0.0, 0.9)
     _check_range("test_split", cfg.test_split, 0.0, 0.9)
     _check_range("label_smoothing", cfg.label_smoothing, 0.0, 0.99)
+    _check_range("progressive_resize", cfg.progressive_resize, 0.0, 0.9)
     for name in ("batch_size", "epochs", "top_k"):
         _check_range(name, getattr(cfg, name), 1, 1_000_000)
     if cfg.micro_batch_size is not None:  # dividing the batch is checked once the recipe

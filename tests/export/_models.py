@@ -11,7 +11,11 @@ SCRATCH = {
     "simple_cnn": {"filters": [8, 16], "dense": [16]},
     "resnet9": {"filters": 8},
     "vgg8_bn": {"width": 0.125},
-    "airbench": {"widths": [8, 8, 8], "tta": 2},
+    "airbench": {
+        "widths": [8, 8, 8],
+        "tta": 2,
+        "train_resize": True,
+    },  # as the fast recipe makes it
 }
 EPOCHS = {"resnet9": 3, "airbench": 12}  # others: 6 (each epoch is 6 steps)
 SLOW_SCRATCH = {"resnet20": {"filters": 4}}  # 20 layers: 36 s to fit on 2 cores

@@ -27,6 +27,7 @@ def test_registered_names_are_those_saved_files_hold():
         layers.PatchWhitening,
         layers.TTAViews,
         layers.TTAPool,
+        layers.TrainingResize,
         schedules.WarmupSchedule,
         schedules.LinearWarmupDecay,
         *optimizers.LAYERWISE.values(),
@@ -38,6 +39,7 @@ def test_registered_names_are_those_saved_files_hold():
         "cnnlab>PatchWhitening",
         "cnnlab>TTAViews",
         "cnnlab>TTAPool",
+        "cnnlab>TrainingResize",
         "cnnlab>WarmupSchedule",
         "cnnlab>LinearWarmupDecay",
         "cnnlab>LayerwiseAdam",
@@ -46,6 +48,25 @@ def test_registered_names_are_those_saved_files_hold():
         "cnnlab>LayerwiseRMSprop",
         "cnnlab>ConvMuon",
     ]
+
+
+def test_training_resize_shrinks_training_steps_only_and_saves_its_size(tmp_path):
+    from cnnlab.models.saving import load_model
+
+    model = create_model("airbench", 3, 32, width=0.125, train_resize=True)
+    layer = model.get_layer("train_resize")
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    assert layer.size.numpy().tolist() == [0, 0]
+    assert layer(x, training=True).shape == (2, 32, 32, 3)  # off until a size is set
+    layer.size.assign([24, 20])
+    assert layer(x, training=True).shape == (2, 24, 20, 3)
+    assert layer(x, training=False).shape == (2, 32, 32, 3)  # inference never resizes
+    # The whole network trains on the smaller images (global max-pool head).
+    assert model(x, training=True).shape == (2, 3)
+    np.testing.assert_allclose(model.predict(x, verbose=0).sum(axis=1), 1.0, rtol=1e-5)
+    save_model(model, tmp_path / "m.keras")
+    again = load_model(tmp_path / "m.keras")
+    assert again.get_layer("train_resize").size.numpy().tolist() == [24, 20]
 
 
 @pytest.mark.parametrize(

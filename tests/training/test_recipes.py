@@ -115,6 +115,8 @@ def test_auto_is_fast_for_small_images_only_and_leaves_digits_alone():
     assert recipes.FAST_GRAY["width"] < recipes.FAST["width"]
     # Muon's kernel steps for colour; grayscale keeps SGD, which scored higher there.
     assert (fast.optimizer, colour.optimizer) == ("sgd", "muon")
+    # Progressive resizing for colour; grayscale keeps every epoch at full size.
+    assert (fast.progressive_resize, colour.progressive_resize) == (0.0, 0.6)
     assert fast.model_kwargs["tta_flip"] is False
     chosen, _ = recipes.apply_recipe(TrainConfig(model="resnet20"), {"model"}, (32, 32), 50_000)
     assert chosen.recipe == "plain"  # a model given by name keeps its usual training
@@ -251,6 +253,48 @@ def test_fast_recipe_trains_end_to_end_and_records_itself(make_folder, runs_dir)
     schedule = reloaded.optimizer.get_config()["learning_rate"]  # the optimizer came back too
     assert schedule["registered_name"] == "cnnlab>LinearWarmupDecay"
     assert "recipe: fast" in (result.run_dir / "config.yaml").read_text()
+    # Progressive resizing: the first of the 2 epochs at 16 px (3/4 of 20 is under the
+    # floor of 16), the second at full size; the saved model trains at full size.
+    assert cfg.progressive_resize == 0.6
+    with open(result.run_dir / "history.csv", newline="") as f:
+        scales = [float(r["train_scale"]) for r in csv.DictReader(f)]
+    assert scales == [0.8, 1.0]
+    assert reloaded.get_layer("train_resize").size.numpy().tolist() == [0, 0]
+
+
+def test_progressive_resizing_trains_the_first_epochs_at_three_quarters_of_the_side():
+    from cnnlab.training.callbacks import low_resolution, low_resolution_epochs
+
+    assert low_resolution((32, 32)) == (24, 24)
+    assert low_resolution((28, 40)) == (21, 30)
+    assert low_resolution((20, 20)) == (16, 16)  # never under 16 pixels
+    assert low_resolution((16, 16)) == (16, 16)  # nothing to gain: no resizing
+    # The last epoch always trains at full size.
+    assert [low_resolution_epochs(0.5, n) for n in (1, 2, 3, 10, 12)] == [0, 1, 1, 5, 6]
+    assert low_resolution_epochs(0.9, 2) == 1 and low_resolution_epochs(0.0, 10) == 0
+
+
+def test_progressive_resize_on_a_model_that_cannot_train_smaller_names_the_fix(
+    make_folder, runs_dir
+):
+    import cnnlab
+
+    folder = make_folder("small", classes=("a", "b"), per_class=8, size=20)
+    with pytest.raises(ConfigError) as err:
+        cnnlab.train(
+            data=f"folder:{folder}",
+            model="simple_cnn",
+            progressive_resize=0.5,
+            epochs=1,
+            runs_dir=str(runs_dir),
+            verbose=0,
+        )
+    message = str(err.value)
+    assert "progressive_resize 0.5 needs a model that can train at a lower resolution" in message
+    assert "'simple_cnn' has no TrainingResize layer" in message
+    assert "--progressive-resize 0" in message
+    with pytest.raises(ConfigError, match="Bad progressive_resize: received 1.5"):
+        TrainConfig(progressive_resize=1.5).replace()
 
 
 def test_training_pipeline_mixes_classes_of_sorted_data_larger_than_the_shuffle_buffer():

@@ -105,6 +105,13 @@ Examples:
 )
 @click.option("--contrast", type=float, help="Random contrast factor.")
 @click.option("--random-crop", type=int, help="Pad by N pixels, then crop back at random.")
+@click.option(
+    "--progressive-resize",
+    type=float,
+    metavar="FRACTION",
+    help="Train the first FRACTION of the epochs at 3/4 of the image side, about half "
+    "the compute (airbench) [0; fast recipe, colour images: see --recipe].",
+)
 @click.option("-b", "--batch-size", type=int, help="Images per step [64].")
 @click.option(
     "--micro-batch-size",

@@ -8,6 +8,7 @@ model family's module. The names never change: files saved by earlier versions l
 - :class:`ScaledBias`: a bias whose effective learning rate is ``scale²``×;
 - :class:`PatchWhitening`: a fixed convolution that whitens image patches;
 - :class:`TTAViews` and :class:`TTAPool`: test-time augmentation inside the model;
+- :class:`TrainingResize`: lower-resolution training steps (progressive resizing);
 - :class:`ImagePreprocessing`: a pretrained family's input preprocessing, inside the model.
 
 The first five came with ``airbench`` (see ``cnnlab.models.scratch.airbench``), the last with
@@ -22,7 +23,15 @@ from keras import layers, ops
 
 from cnnlab.errors import ModelError
 
-__all__ = ["DiracInit", "PatchWhitening", "ScaledBias", "TTAPool", "TTAViews", "tta_weights"]
+__all__ = [
+    "DiracInit",
+    "PatchWhitening",
+    "ScaledBias",
+    "TTAPool",
+    "TTAViews",
+    "TrainingResize",
+    "tta_weights",
+]
 
 
 @keras.saving.register_keras_serializable(package="cnnlab")
@@ -303,3 +312,41 @@ class ImagePreprocessing(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="cnnlab")
+class TrainingResize(layers.Layer):
+    """In training steps, scales the images down to ``size`` (height, width); else passes them on.
+
+    ``size`` is a non-trainable integer variable, (0, 0) (the default) meaning "leave
+    the images as they are". A callback sets it per epoch (progressive resizing,
+    ``cnnlab.training.callbacks.ProgressiveResizing``): convolutions on 24×24 images
+    cost about half of those on 32×32 ones, and the last epochs at full size
+    adapt the network to the resolution it is used at. Inference (``evaluate``,
+    ``predict``, exports) never resizes, so the layers after it must take any image
+    size (global pooling, no flatten), as airbench's do.
+
+    Example:
+        >>> layer = model.get_layer("train_resize")
+        >>> layer.size.assign([24, 24])   # training steps now see 24×24 images
+    """
+
+    def build(self, input_shape):
+        self.size = self.add_weight(
+            shape=(2,), dtype="int32", initializer="zeros", trainable=False, name="size"
+        )
+
+    def call(self, x, training=None):
+        if not training:
+            return x
+        import tensorflow as tf  # the target size is a tensor, which TF's resize takes
+
+        size = tf.convert_to_tensor(self.size.value)
+
+        def smaller():
+            return tf.cast(tf.image.resize(x, size, antialias=True), x.dtype)
+
+        return tf.cond(size[0] > 0, smaller, lambda: x)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

@@ -1,4 +1,5 @@
-"""Callbacks that make a run survive crashes and describe itself (its history columns)."""
+"""Callbacks that make a run survive crashes and describe itself (its history columns),
+and progressive resizing (the first epochs at a lower resolution)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import keras
 
 from cnnlab._io import atomic_write, write_json
 from cnnlab.config import monitor_mode
+from cnnlab.errors import ConfigError
 
 
 class EpochStats(keras.callbacks.Callback):
@@ -93,3 +95,88 @@ class SaveClassifier(RunCheckpoint):
 
     def set_model(self, model):
         super().set_model(self._classifier)
+
+
+# Progressive resizing trains at 3/4 of the image side: about half the compute per
+# image for airbench (24 against 32 pixels: 2.1× the training images/s here).
+LOW_RES_SCALE = 0.75
+MIN_LOW_RES_SIDE = 16
+
+
+def low_resolution(image_size, scale: float = LOW_RES_SCALE) -> tuple[int, int]:
+    """The (height, width) of the low-resolution epochs: ``scale`` of each side, at least 16.
+
+    Example:
+        >>> low_resolution((32, 32)), low_resolution((28, 40))
+        ((24, 24), (21, 30))
+    """
+    return tuple(max(MIN_LOW_RES_SIDE, min(int(s), int(s * scale))) for s in image_size)
+
+
+def low_resolution_epochs(fraction: float, epochs: int) -> int:
+    """How many of the first epochs train at low resolution; the last one never does.
+
+    Example:
+        >>> low_resolution_epochs(0.5, 10), low_resolution_epochs(0.5, 1)
+        (5, 0)
+    """
+    return max(0, min(epochs - 1, int(fraction * epochs)))
+
+
+class ProgressiveResizing(keras.callbacks.Callback):
+    """Trains the first ``low_epochs`` epochs at ``size`` (height, width), the rest at full size.
+
+    It sets the model's :class:`cnnlab.nn.layers.TrainingResize` layers when an epoch
+    begins and clears them when it ends, so every checkpoint (this callback runs
+    before the checkpoint's) holds a model that trains at full size, and a resumed
+    run picks up the schedule by epoch number. ``train_scale`` (the low size over the
+    full one, or 1) is a history column.
+    """
+
+    def __init__(self, size: tuple[int, int], low_epochs: int, scale: float = LOW_RES_SCALE):
+        super().__init__()
+        self.size = [int(s) for s in size]
+        self.low_epochs = int(low_epochs)
+        self.scale = float(scale)
+
+    def _set(self, size) -> None:
+        for layer in resize_layers(self.model):
+            layer.size.assign(size)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._set(self.size if epoch < self.low_epochs else [0, 0])
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["train_scale"] = self.scale if epoch < self.low_epochs else 1.0
+        self._set([0, 0])
+
+    def on_train_end(self, logs=None):
+        self._set([0, 0])
+
+
+def progressive_resizing(cfg, model, image_size) -> list[keras.callbacks.Callback]:
+    """The callback for ``cfg.progressive_resize`` (a fraction of the epochs), if any.
+
+    Raises ConfigError when the model has no :class:`TrainingResize` layer to act on.
+    """
+    if not cfg.progressive_resize:
+        return []
+    if not resize_layers(model):
+        raise ConfigError(
+            f"progressive_resize {cfg.progressive_resize} needs a model that can train at a "
+            f"lower resolution; {cfg.model!r} has no TrainingResize layer",
+            expected="model airbench (or a model with a cnnlab TrainingResize layer)",
+            fix="Pass --progressive-resize 0, or --model airbench",
+        )
+    low_epochs = low_resolution_epochs(cfg.progressive_resize, cfg.epochs)
+    size = low_resolution(image_size)
+    if low_epochs == 0 or list(size) == [int(s) for s in image_size]:
+        return []
+    return [ProgressiveResizing(size, low_epochs, size[0] / image_size[0])]
+
+
+def resize_layers(model) -> list:
+    from cnnlab.nn.layers import TrainingResize
+
+    return [layer for layer in model.layers if isinstance(layer, TrainingResize)]

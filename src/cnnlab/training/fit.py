@@ -56,6 +56,8 @@ def model_options(spec, cfg, bundle) -> dict[str, Any]:
     accepted = spec.options()
     if "mean" in accepted and "mean" not in options and "std" not in options:
         options["mean"], options["std"] = input_statistics(bundle)
+    if "train_resize" in accepted and getattr(cfg, "progressive_resize", 0):
+        options.setdefault("train_resize", True)
     if "weights" in accepted and cfg.weights is not None:
         options["weights"] = weights_option(cfg.weights)
     return options

@@ -315,7 +315,7 @@ def _fit(ctx: RunContext, model, epochs_done: int, state: dict | None):
     """Fit from ``epochs_done`` to ``cfg.epochs``; returns the checkpoint, the seconds and
     (multi-worker) this worker's summary of the cluster, else None."""
     from cnnlab.training import recipes
-    from cnnlab.training.callbacks import RunCheckpoint
+    from cnnlab.training.callbacks import RunCheckpoint, progressive_resizing
     from cnnlab.training.distribute import fit_multiworker, is_multiworker
     from cnnlab.training.fit import fit_quietly
 
@@ -323,8 +323,10 @@ def _fit(ctx: RunContext, model, epochs_done: int, state: dict | None):
     folder = checkpoint_dir(cfg, ctx.run)
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = RunCheckpoint(folder, ctx.monitor, state)
-    # Recipe callbacks (lookahead) change the weights, so they run before the checkpoint.
+    # Recipe callbacks (lookahead) change the weights and progressive resizing clears
+    # the model's training size, so they run before the checkpoint.
     before = recipes.callbacks(cfg, ctx.steps_per_epoch)
+    before += progressive_resizing(cfg, model, bundle.image_size)
     cbs = run_callbacks(ctx, checkpoint, before=before)
     t0 = time.time()
     cluster = None

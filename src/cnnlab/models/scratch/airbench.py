@@ -42,6 +42,7 @@ from cnnlab.nn.layers import (  # noqa: F401 - re-exported: the layers came from
     DiracInit,
     PatchWhitening,
     ScaledBias,
+    TrainingResize,
     TTAPool,
     TTAViews,
     tta_weights,
@@ -89,6 +90,7 @@ def airbench(
     widths: Sequence[int] | None = None,
     tta: int = 2,
     tta_flip: bool = True,
+    train_resize: bool = False,
     whiten_eps: float = 5e-4,
     bn_momentum: float = 0.6,
     bias_scale: float = 8.0,
@@ -102,6 +104,9 @@ def airbench(
         widths: explicit group widths, overriding ``width``.
         tta: test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-pixel shifts.
         tta_flip: use mirrored views (off for digits and text).
+        train_resize: add a :class:`TrainingResize` layer after the input, so that
+            training steps can run at a lower resolution (the fast recipe's
+            progressive resizing sets its size per epoch).
     """
     if tta not in TTA_LEVELS:
         raise ModelError(
@@ -124,6 +129,8 @@ def airbench(
             expected="three group widths, e.g. [64, 256, 256]",
         )
     inputs, x = image_input(input_shape, mean, std)
+    if train_resize:
+        x = TrainingResize(name="train_resize")(x)
     x = TTAViews(tta, tta_flip, name="tta_views")(x)
     x = PatchWhitening(2, whiten_eps, name="whiten")(x)
     x = layers.Activation("gelu", name="whiten_act")(x)
