@@ -45,8 +45,8 @@ Examples:
     "--recipe",
     type=click.Choice(RECIPES),
     help="Defaults for the options not given: fast = airbench94-style training "
-    "(airbench model, SGD with ConvMuon kernel steps for colour images, lookahead, "
-    "alternating flips, TTA); auto = fast "
+    "(airbench model, SGD with ConvMuon kernel steps and the first epochs at 3/4 size "
+    "for colour images, lookahead, alternating flips, TTA); auto = fast "
     "for 20-40 px images when no --model is given, else plain [auto].",
 )
 @click.option(
