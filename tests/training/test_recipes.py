@@ -368,3 +368,36 @@ def test_fast_recipe_pipeline_builds_without_the_outer_graph_seed_warning():
         )
     assert not [w for w in caught if "outer graph" in str(w.message)]
     assert sum(1 for _ in ds) == 2
+
+
+def test_whitening_bias_trains_for_the_first_epochs_then_freezes_without_a_retrace_per_epoch():
+    from cnnlab.models import create_model
+
+    model = create_model("airbench", 3, 16, 3, width=0.125, tta=0)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="categorical_crossentropy")
+    x = np.random.default_rng(0).uniform(0, 255, (32, 16, 16, 3)).astype("float32")
+    y = keras.utils.to_categorical(np.arange(32) % 3, 3)
+    whiten = model.get_layer("whiten")
+    biases, traced, trainable_at_end = [whiten.bias.numpy().copy()], [], []
+    freeze = recipes.FreezeWhiteningBias(from_epoch=2)
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: (
+            biases.append(whiten.bias.numpy().copy()),
+            traced.append(model.train_function),
+            trainable_at_end.append(whiten.trainable),
+        )
+    )
+    model.fit(x, y, batch_size=16, epochs=4, callbacks=[freeze, record], verbose=0)
+    moved = [not np.allclose(a, b) for a, b in zip(biases, biases[1:])]
+    assert moved == [True, True, False, False]
+    # A checkpoint written at an epoch's end sees a trainable layer (its optimizer
+    # keeps the bias's slots for a resumed run); the frozen function is traced once.
+    assert trainable_at_end == [True] * 4 and whiten.trainable
+    assert traced[2] is traced[3] and traced[1] is not traced[2]
+
+
+def test_fast_recipe_freezes_the_whitening_bias_after_30_percent_of_the_epochs():
+    cfg = TrainConfig(recipe="fast", model="airbench", epochs=10)
+    freeze = [cb for cb in recipes.callbacks(cfg, 49) if isinstance(cb, recipes.FreezeWhiteningBias)]
+    assert [cb.from_epoch for cb in freeze] == [3]
+    assert recipes.callbacks(cfg.replace(epochs=1), 49)[1].from_epoch == 1
