@@ -6,7 +6,6 @@ import keras
 import numpy as np
 import pytest
 
-from cnnlab.config import TrainConfig
 from cnnlab.errors import ConfigError
 from cnnlab.models import create_model
 from cnnlab.models import precision as precision_mod
@@ -77,12 +76,26 @@ def test_a_bad_precision_is_refused_with_the_choices():
     assert "auto, float32, mixed_bfloat16" in str(e.value)
 
 
-def test_fine_tuning_refuses_mixed_precision():
-    from cnnlab.training.memory import refuse_outside_train
+def test_fine_tuning_and_lr_find_refuse_mixed_precision_as_a_user_gives_it():
+    from cnnlab.training.finetune import resolve_finetune_config
 
-    with pytest.raises(ConfigError, match="precision mixed_bfloat16 given to `cnnlab finetune`"):
-        refuse_outside_train(TrainConfig(precision="mixed_bfloat16"), "finetune")
-    refuse_outside_train(TrainConfig(), "finetune")  # float32: accepted
+    for command in ("finetune", "lr-find"):
+        with pytest.raises(ConfigError) as e:
+            resolve_finetune_config({"precision": "mixed_bfloat16"}, {}, command=command)
+        assert f"precision mixed_bfloat16 given to `cnnlab {command}`" in str(e.value)
+        assert "Drop precision (or set it to float32)" in str(e.value)
+    assert resolve_finetune_config({"precision": "float32"}, {})[0].precision == "float32"
+
+
+def test_cnnlab_finetune_refuses_a_config_with_mixed_precision(tmp_path, capsys):
+    from cnnlab.cli.main import main
+
+    config = tmp_path / "ft.yaml"
+    config.write_text("precision: mixed_bfloat16\n")
+    argv = ["finetune", "--data", "builtin:digits", "-c", str(config)]
+    assert main([*argv, "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "precision mixed_bfloat16 given to `cnnlab finetune`" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_compiled_model_that_never_trained_ships_with_a_fresh_optimizer():

@@ -398,6 +398,8 @@ def test_whitening_bias_trains_for_the_first_epochs_then_freezes_without_a_retra
 
 def test_fast_recipe_freezes_the_whitening_bias_after_30_percent_of_the_epochs():
     cfg = TrainConfig(recipe="fast", model="airbench", epochs=10)
-    freeze = [cb for cb in recipes.callbacks(cfg, 49) if isinstance(cb, recipes.FreezeWhiteningBias)]
+    freeze = [
+        cb for cb in recipes.callbacks(cfg, 49) if isinstance(cb, recipes.FreezeWhiteningBias)
+    ]
     assert [cb.from_epoch for cb in freeze] == [3]
     assert recipes.callbacks(cfg.replace(epochs=1), 49)[1].from_epoch == 1

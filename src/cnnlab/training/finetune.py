@@ -24,7 +24,6 @@ import numpy as np
 
 from cnnlab.config import TrainConfig, normalise_keys, read_yaml_mapping, resolve_config
 from cnnlab.errors import ConfigError, ModelError
-from cnnlab.training.memory import refuse_outside_train
 
 log = logging.getLogger("cnnlab")
 
@@ -234,9 +233,29 @@ def resolve_finetune_config(
     ft = {k: v for k, v in {**raw, **given}.items() if k in ft_keys}
     base = {**FINETUNE_DEFAULTS, **{k: v for k, v in raw.items() if k in train_keys}}
     cfg = resolve_config(base, {k: v for k, v in given.items() if k in train_keys})
-    if command != "finetune":
-        refuse_outside_train(cfg, command)
+    refuse_train_only_options(cfg, command)
     return cfg, _coerce_options(ft)
+
+
+def refuse_train_only_options(cfg: TrainConfig, command: str) -> None:
+    """Refuse what only ``cnnlab train`` does, where it would be silently ignored.
+
+    ``precision`` other than float32 (fine-tuning and the learning-rate range test
+    compute in float32), and ``micro_batch_size`` outside ``train`` and ``finetune``
+    (the range test trains whole batches).
+    """
+    if cfg.precision != "float32":
+        raise ConfigError(
+            f"precision {cfg.precision} given to `cnnlab {command}`, which computes in float32",
+            expected="mixed precision with `cnnlab train` only",
+            fix="Drop precision (or set it to float32)",
+        )
+    if command != "finetune" and cfg.micro_batch_size is not None:
+        raise ConfigError(
+            f"micro_batch_size given to `cnnlab {command}`, which does not use it",
+            expected="micro-batches with `cnnlab train` and `cnnlab finetune` only",
+            fix="Drop micro_batch_size, or pass a smaller --batch-size",
+        )
 
 
 # ---------------------------------------------------------------- freezing

@@ -335,26 +335,6 @@ def over_budget(est: MemoryEstimate, given: bool = False) -> ConfigError:
 
 
 # ---------------------------------------------------------------------- a run's plan
-def refuse_outside_train(cfg: TrainConfig, command: str) -> None:
-    """Refuse the options only ``cnnlab train`` uses where they would be ignored
-    (fine-tuning, the learning-rate range test): ``micro_batch_size`` (those commands
-    train whole batches, refused when their estimate exceeds the memory budget) and a
-    ``precision`` other than float32 (they compute in float32)."""
-    if cfg.micro_batch_size is not None:
-        raise ConfigError(
-            f"micro_batch_size given to `cnnlab {command}`, which does not use it",
-            expected="micro-batches with `cnnlab train` only (fine-tuning trains whole "
-            "batches, refused when they do not fit --memory-budget)",
-            fix="Drop micro_batch_size, or pass a smaller --batch-size",
-        )
-    if cfg.precision != "float32":
-        raise ConfigError(
-            f"precision {cfg.precision} given to `cnnlab {command}`, which computes in float32",
-            expected="mixed precision with `cnnlab train` only",
-            fix="Drop precision (or set it to float32)",
-        )
-
-
 def plan_fine_tuning(model, cfg: TrainConfig, bundle, trained_layers=None) -> MemoryEstimate:
     """The micro-batch of a fine-tuning run's training stages, logged as one line: its
     whole batch when the estimate fits the budget, else the largest divisor that fits

@@ -126,6 +126,13 @@ class _Stages:
     stage2_reason: str | None = None  # why stage 2 will not run (None: it may)
     fit: HeadFit | None = None  # stage 1's logistic-regression head, when fitted as one
     features: dict = dataclasses.field(default_factory=dict)  # split -> (features, labels)
+    best: Any = None  # checkpoints/best.keras once loaded (judging stage 2 and the final model)
+
+    def best_model(self):
+        """The best checkpoint's model, loaded from disk once."""
+        if self.best is None:
+            self.best = best_model(self.ctx, self.model)
+        return self.best
 
 
 class Decisions:
@@ -271,6 +278,7 @@ def _run_stages(st: _Stages) -> dict[str, dict[str, Any]]:
             st.model.set_weights(stage1_weights)
             best = st.ctx.run.checkpoints / "best.keras"
             atomic_write(best, st.model.save, suffix=".keras")
+            st.best = st.model
         st.decisions.add(
             ("stage 2 kept: " if s2["kept"] else "stage 2 not kept: ")
             + f"{why} ({monitor} {_num(s2.get(monitor))} vs stage 1's {_num(s1.get(monitor))})",
@@ -292,7 +300,7 @@ def _judge_stage2(st: _Stages, s2: dict, after_stage1: bool) -> tuple[bool, str]
     truth = y_val.argmax(1)
     right1 = st.fit.predict_proba(f_val).argmax(1) == truth
     val = st.ctx.bundle.dataset("val", training=False)
-    right2 = best_model(st.ctx, st.model).predict(val, verbose=0).argmax(1) == truth
+    right2 = st.best_model().predict(val, verbose=0).argmax(1) == truth
     fixed, broken, significant = paired_gain(right1, right2)
     s2.update(val_fixed=fixed, val_broken=broken)
     chance = "beyond" if significant else "within"
@@ -320,8 +328,8 @@ def _final_model(st: _Stages, stages: dict[str, dict[str, Any]]):
             "blocks unfrozen)",
             classifier="fine-tuned (stage 2)",
         )
-        return best_model(ctx, st.model)
-    final = best_model(ctx, st.model) if stage2 is not None else st.model
+        return st.best_model()
+    final = st.best_model() if stage2 is not None else st.model
     if st.fit is None:
         dec.add("kept: stage 1, head trained on the frozen backbone", classifier="head (stage 1)")
         return final

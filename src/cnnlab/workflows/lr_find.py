@@ -148,8 +148,7 @@ def _resolve(config, overrides: dict[str, Any]):
     """The config (fine-tuning defaults unless the model is a scratch one) and model spec."""
     from cnnlab.config import resolve_config
     from cnnlab.models import get_spec
-    from cnnlab.training.finetune import resolve_finetune_config
-    from cnnlab.training.memory import refuse_outside_train
+    from cnnlab.training.finetune import refuse_train_only_options, resolve_finetune_config
 
     model_name = overrides.get("model") or (
         config.get("model") if isinstance(config, dict) else None
@@ -159,7 +158,7 @@ def _resolve(config, overrides: dict[str, Any]):
         cfg = resolve_config(config, overrides)  # scratch models: no fine-tuning defaults
     else:
         cfg, _ = resolve_finetune_config(config, overrides, command="lr-find")
-    refuse_outside_train(cfg, "lr-find")
+    refuse_train_only_options(cfg, "lr-find")
     return cfg, get_spec(cfg.model)
 
 
