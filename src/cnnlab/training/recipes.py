@@ -3,7 +3,7 @@
 | recipe | what it does |
 | ------ | ------------ |
 | plain  | nothing: every key keeps TrainConfig's default |
-| fast   | airbench94's setup (K. Jordan): the ``airbench`` network (whitening, identity-initialised convs, BatchNorm tricks, TTA), label smoothing 0.2, Nesterov SGD (momentum 0.85) with linear warm-up and decay whose convolution kernels take airbench94_muon's orthogonalised steps (``ConvMuon``), lookahead weight averaging, alternating flips and 2-pixel translations, bfloat16 arithmetic where the hardware has it (``precision: auto``) |
+| fast   | airbench94's setup (K. Jordan): the ``airbench`` network (whitening, identity-initialised convs, BatchNorm tricks, TTA), label smoothing 0.2, Nesterov SGD (momentum 0.85) with linear warm-up and decay whose convolution kernels take airbench94_muon's orthogonalised steps (``ConvMuon``), lookahead weight averaging, alternating flips and 2-pixel translations, the first 60 % of the epochs at 3/4 size (colour images), bfloat16 arithmetic where the hardware has it (``precision: auto``) |
 | auto   | ``fast`` for small images (20 to 40 pixels a side: CIFAR, Fashion-MNIST, SVHN) when no ``--model`` is given; ``plain`` otherwise (e.g. the 8×8 digits) |
 
 A recipe never overrides a key that was given (flag, YAML or keyword), and the
@@ -31,13 +31,17 @@ without warm-up; SGD needed 11-12 for 0.90; bench/README.md). ``--optimizer sgd
 --epochs 13 --progressive-resize 0`` is the recipe before ConvMuon.
 
 Progressive resizing (``progressive_resize``, colour images): the first 60 % of
-the epochs train at 3/4 of the image side (24×24 for CIFAR), which runs at 2.1×
-the images/s; the last epochs at full size adapt the network, its BatchNorm
-statistics and the lookahead average to the size it is used at. Measured on
-CIFAR-10 JPEGs (exploration runs, bench/README.md): 12 epochs with 7 at 24×24
-scored 0.9024 in about 0.83 of the training time of 10 full-size epochs
-(0.8980-0.9018); 10 epochs with 5 at 24×24 scored 0.8987 in 0.74 of it.
-``--progressive-resize 0 --epochs 10`` is the recipe without it.
+the epochs train at 3/4 of the image side (24×24 for CIFAR), which runs at 1.8×
+the images/s in bfloat16 (2.1× in float32); the last epochs at full size adapt
+the network, its BatchNorm statistics and the lookahead average to the size it
+is used at. As in airbench, the whitening layer's bias trains for the first 30 %
+of the epochs only (``FreezeWhiteningBias``), which spares the first
+convolution's input gradient afterwards (~4 % of a full-size epoch here).
+Measured on CIFAR-10 JPEGs (the CLI as a user types it, bfloat16,
+bench/README.md): 12 epochs with 7 at 24×24 scored 0.9026 after 762 s of
+training, where 10 full-size epochs scored 0.9025 after 861 s; 10 epochs with
+7 at 24×24 scored 0.8962 after ~615 s. ``--progressive-resize 0 --epochs 10``
+is the recipe without resizing.
 
 Defaults: colour images width 0.75 (about 0.56 of airbench94's compute) for
 12 epochs, 7 of them at 3/4 size; grayscale width 0.5 for 10, all at full size
@@ -72,8 +76,8 @@ FAST: dict[str, Any] = {
     "model": "airbench",
     "optimizer": "muon",  # SGD, with orthogonalised steps for convolution kernels
     # Colour images: ~0.56 of airbench94's compute per full-size epoch; 12 epochs, the
-    # first 7 at 24x24 (progressive resizing, ~half the cost each): 0.9024 on CIFAR-10
-    # JPEGs in ~0.83 of the training time of 10 full-size epochs (0.8980-0.9018).
+    # first 7 at 24x24 (progressive resizing, ~0.57 of the cost each in bfloat16):
+    # 0.9026 on CIFAR-10 JPEGs in 0.89 of the training time of 10 full-size epochs.
     "width": 0.75,
     "epochs": 12,
     "batch_size": 1024,
@@ -89,7 +93,7 @@ FAST: dict[str, Any] = {
     # 9.9), then freezes, which saves a convolution per step (FreezeWhiteningBias)
     "whiten_bias_fraction": 0.3,
     # Progressive resizing: the first 60 % of the epochs (7 of 12) at 3/4 of the side
-    # (24x24), at about half the cost each (cnnlab.training.callbacks.ProgressiveResizing).
+    # (24x24), at 0.5-0.6 of the cost each (cnnlab.training.callbacks.ProgressiveResizing).
     "progressive_resize": 0.6,
     # The schedule and weight averaging end at the last epoch, which is the model,
     # so a validation split would only take images (and TTA-evaluation time).
