@@ -24,8 +24,7 @@ images no validation split is carved (the head's C is cross-validated instead).
 in ``decisions.json``. Stage 2's memory is estimated on start; over the budget it
 accumulates micro-batches (``cnnlab.training.memory.plan_fine_tuning``).
 
-The run folder, evaluation, report and prediction are those of ``cnnlab train``
-(the same skeleton, ``cnnlab.workflows.skeleton``):
+The run folder, evaluation, report and prediction are ``cnnlab train``'s (``skeleton``):
 
     runs/<timestamp>-mobilenet-160/
       config.yaml     the training keys plus freeze_epochs, unfreeze, head_only, ...
@@ -126,12 +125,10 @@ class _Stages:
     stage2_reason: str | None = None  # why stage 2 will not run (None: it may)
     fit: HeadFit | None = None  # stage 1's logistic-regression head, when fitted as one
     features: dict = dataclasses.field(default_factory=dict)  # split -> (features, labels)
-    best: Any = None  # checkpoints/best.keras once loaded (judging stage 2 and the final model)
+    best: Any = None  # checkpoints/best.keras, loaded once (by best_model)
 
     def best_model(self):
-        """The best checkpoint's model, loaded from disk once."""
-        if self.best is None:
-            self.best = best_model(self.ctx, self.model)
+        self.best = best_model(self.ctx, self.model) if self.best is None else self.best
         return self.best
 
 
@@ -278,7 +275,7 @@ def _run_stages(st: _Stages) -> dict[str, dict[str, Any]]:
             st.model.set_weights(stage1_weights)
             best = st.ctx.run.checkpoints / "best.keras"
             atomic_write(best, st.model.save, suffix=".keras")
-            st.best = st.model
+            st.best = st.model  # what best.keras now holds
         st.decisions.add(
             ("stage 2 kept: " if s2["kept"] else "stage 2 not kept: ")
             + f"{why} ({monitor} {_num(s2.get(monitor))} vs stage 1's {_num(s1.get(monitor))})",
