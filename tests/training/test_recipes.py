@@ -403,3 +403,24 @@ def test_fast_recipe_freezes_the_whitening_bias_after_30_percent_of_the_epochs()
     ]
     assert [cb.from_epoch for cb in freeze] == [3]
     assert recipes.callbacks(cfg.replace(epochs=1), 49)[1].from_epoch == 1
+
+
+def test_a_fast_run_resumed_past_the_freeze_keeps_its_optimizer_and_a_still_bias(
+    make_folder, runs_dir, recwarn
+):
+    import cnnlab
+    from cnnlab.models.saving import load_model
+
+    folder = make_folder("small", classes=("a", "b"), per_class=12, size=20)
+    # Batches of 4: several steps an epoch, so the lookahead average follows them.
+    common = dict(recipe="fast", model_kwargs={"width": 0.125}, batch_size=4, verbose=0)
+    common["test_split"] = 0.25
+    first = cnnlab.train(data=f"folder:{folder}", epochs=1, runs_dir=str(runs_dir), **common)
+    last = load_model(first.run_dir / "checkpoints" / "last.keras")
+    assert last.get_layer("whiten").trainable  # saved trainable: the optimizer keeps its slots
+    bias = last.get_layer("whiten").bias.numpy()
+    # Resumed to 4 epochs, the bias freezes from epoch round(0.3 * 4) = 1: all the new ones.
+    again = cnnlab.train(resume=first.run_dir, epochs=4)
+    assert len(again.history["loss"]) == 4
+    np.testing.assert_allclose(again.model.get_layer("whiten").bias.numpy(), bias, rtol=1e-6)
+    assert not [w for w in recwarn if "Skipping variable loading" in str(w.message)]
