@@ -99,7 +99,7 @@ class SaveClassifier(RunCheckpoint):
 
 # Progressive resizing trains at 3/4 of the image side: about half the compute per
 # image for airbench (24 against 32 pixels: 2.1× the training images/s in float32,
-# 1.8× in bfloat16, on the development VM).
+# 1.6-1.8× in bfloat16, on the development VM).
 LOW_RES_SCALE = 0.75
 MIN_LOW_RES_SIDE = 16
 

@@ -31,8 +31,8 @@ without warm-up; SGD needed 11-12 for 0.90; bench/README.md). ``--optimizer sgd
 --epochs 13 --progressive-resize 0`` is the recipe before ConvMuon.
 
 Progressive resizing (``progressive_resize``, colour images): the first 60 % of
-the epochs train at 3/4 of the image side (24×24 for CIFAR), which runs at 1.8×
-the images/s in bfloat16 (2.1× in float32); the last epochs at full size adapt
+the epochs train at 3/4 of the image side (24×24 for CIFAR), which runs at
+1.6-1.8× the images/s in bfloat16 (2.1× in float32); the last epochs at full size adapt
 the network, its BatchNorm statistics and the lookahead average to the size it
 is used at. As in airbench, the whitening layer's bias trains for the first 30 %
 of the epochs only (``FreezeWhiteningBias``), which spares the first
