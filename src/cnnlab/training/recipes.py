@@ -36,7 +36,7 @@ the epochs train at 3/4 of the image side (24×24 for CIFAR), which runs at
 the network, its BatchNorm statistics and the lookahead average to the size it
 is used at. As in airbench, the whitening layer's bias trains for the first 30 %
 of the epochs only (``FreezeWhiteningBias``), which spares the first
-convolution's input gradient afterwards (~4 % of a full-size epoch here).
+convolution's input gradient afterwards (4-8 % of a full-size step here).
 Measured on CIFAR-10 JPEGs (the CLI as a user types it, bfloat16,
 bench/README.md): 12 epochs with 7 at 24×24 scored 0.9026 after 762 s of
 training, where 10 full-size epochs scored 0.9025 after 861 s; 10 epochs with
@@ -76,7 +76,7 @@ FAST: dict[str, Any] = {
     "model": "airbench",
     "optimizer": "muon",  # SGD, with orthogonalised steps for convolution kernels
     # Colour images: ~0.56 of airbench94's compute per full-size epoch; 12 epochs, the
-    # first 7 at 24x24 (progressive resizing, ~0.57 of the cost each in bfloat16):
+    # first 7 at 24x24 (progressive resizing, 0.55-0.6 of the cost each in bfloat16):
     # 0.9026 on CIFAR-10 JPEGs in 0.89 of the training time of 10 full-size epochs.
     "width": 0.75,
     "epochs": 12,
@@ -93,7 +93,7 @@ FAST: dict[str, Any] = {
     # 9.9), then freezes, which saves a convolution per step (FreezeWhiteningBias)
     "whiten_bias_fraction": 0.3,
     # Progressive resizing: the first 60 % of the epochs (7 of 12) at 3/4 of the side
-    # (24x24), at 0.5-0.6 of the cost each (cnnlab.training.callbacks.ProgressiveResizing).
+    # (24x24), at 0.55-0.6 of the cost each (cnnlab.training.callbacks.ProgressiveResizing).
     "progressive_resize": 0.6,
     # The schedule and weight averaging end at the last epoch, which is the model,
     # so a validation split would only take images (and TTA-evaluation time).
@@ -291,9 +291,9 @@ class FreezeWhiteningBias(keras.callbacks.Callback):
 
     From epoch ``from_epoch`` on, the :class:`~cnnlab.nn.layers.PatchWhitening`
     layers are frozen, so no gradient flows below the first convolution: its
-    input-gradient convolution (on the largest feature map) is skipped, about
-    8 % of a step for airbench at width 0.75. The train function is traced again
-    once, the first time it is needed frozen.
+    input-gradient convolution (on the largest feature map) is skipped: 4-8 % of
+    a full-size step for airbench at width 0.75 in bfloat16. The train function
+    is traced again once, the first time it is needed frozen.
 
     The layers are trainable again at every epoch's end, before the checkpoint
     is written, so a checkpoint's optimizer has the variables that a resumed run
