@@ -128,3 +128,29 @@ def test_every_pipeline_runs_without_tf_data_autotuning(image_folder):
     for ds in (b.train, b.val, arrays, feats, apply_options(plain)):
         assert ds.options().autotune.enabled is False
     assert len(list(apply_options(plain))) == 4
+
+
+def test_training_drops_a_tiny_last_batch_and_evaluation_keeps_every_image():
+    from types import SimpleNamespace
+
+    from cnnlab.config import TrainConfig
+    from cnnlab.workflows.skeleton import steps_per_epoch
+
+    labels = np.arange(18) % 2
+    images = np.arange(18, dtype=np.uint8).reshape(18, 1, 1, 1) * np.ones((1, 4, 4, 3), np.uint8)
+    common = dict(num_classes=2, image_size=(4, 4), channels=3, images=images, batch_size=4)
+    train = make_dataset(labels, training=True, seed=1, **common)
+    seen = []
+    for _ in range(2):  # two epochs: 2 of 18 images left out, different ones each time
+        batches = [x.numpy()[:, 0, 0, 0] for x, _ in train]
+        assert [len(b) for b in batches] == [4, 4, 4, 4]
+        seen.append(set(np.concatenate(batches).astype(int)))
+    assert seen[0] != seen[1]
+    test = make_dataset(labels, training=False, **common)
+    assert [len(x) for x, _ in test] == [4, 4, 4, 4, 2]
+    # The schedule's steps per epoch agree with the pipeline's batches.
+    bundle = SimpleNamespace(examples=lambda split: {"labels": labels})
+    assert steps_per_epoch(TrainConfig(batch_size=4), bundle) == 4
+    assert steps_per_epoch(TrainConfig(batch_size=8), bundle) == 2  # a last batch of 2: dropped
+    assert steps_per_epoch(TrainConfig(batch_size=10), bundle) == 2  # of 8: kept
+    assert steps_per_epoch(TrainConfig(batch_size=64), bundle) == 1  # the only batch: kept

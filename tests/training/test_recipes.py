@@ -137,7 +137,7 @@ def test_unknown_recipe_is_a_config_error():
 
 
 def test_alternating_flip_flips_each_image_every_other_epoch():
-    n = 12
+    n = 18  # batches of 10 and 8: a short last batch that training keeps
     images = np.zeros((n, 4, 4, 1), np.uint8)
     images[:, :, 0] = 200  # bright left column: mirrored images have it on the right
     images[:, 0, 1, 0] = np.arange(n)  # tag each image with its index
@@ -148,7 +148,7 @@ def test_alternating_flip_flips_each_image_every_other_epoch():
         image_size=(4, 4),
         channels=1,
         images=images,
-        batch_size=5,
+        batch_size=10,
         training=True,
         augmenter=aug,
     )

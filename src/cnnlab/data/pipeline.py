@@ -29,6 +29,26 @@ DECODE_BATCH = 32
 # (decoded images on the folder path, encoded records on the TFRecord path), not a
 # fixed number of images: 224 px images would otherwise take 3 GB for 20,000 of them.
 SHUFFLE_BUFFER_BYTES = 512 * 1024**2
+# Training drops a last batch of fewer images than this, as airbench's loader drops every
+# partial one: BatchNorm statistics over a couple of images are noise, and in bfloat16 a
+# 2-image last batch (18 images, batch 4) turned the fast recipe's loss NaN in 3 of 4
+# runs. The images left out differ every epoch (the split is reshuffled).
+MIN_LAST_BATCH = 8
+
+
+def training_batches(n: int, batch_size: int) -> tuple[int, bool]:
+    """Batches per training epoch of ``n`` images, and whether the short last one is dropped.
+
+    The last batch is dropped when it holds fewer than ``MIN_LAST_BATCH`` images and is
+    not the only one; evaluation pipelines keep every image.
+
+    Example:
+        >>> training_batches(18, 4), training_batches(1040, 1024), training_batches(5, 64)
+        ((4, True), (2, False), (1, False))
+    """
+    full, rest = divmod(int(n), int(batch_size))
+    drop = bool(full and 0 < rest < MIN_LAST_BATCH)
+    return full + (1 if rest and not drop else 0), drop
 
 
 def caches_in_memory(cache: str, size_bytes: float) -> bool:
@@ -222,6 +242,7 @@ def make_dataset(
         ds = _shuffle_decoded(ds, n, size_bytes, max(1, size_bytes // max(1, n)), seed)
     return _finish(
         ds,
+        n=n,
         batch_size=batch_size,
         training=training,
         augmenter=augmenter,
@@ -335,6 +356,7 @@ def _records_dataset(
             ds = _shuffle_decoded(ds, n, size_bytes, h * w * channels, seed)
     return _finish(
         ds,
+        n=n,
         batch_size=batch_size,
         training=training,
         augmenter=augmenter,
@@ -348,6 +370,7 @@ def _records_dataset(
 def _finish(
     ds,
     *,
+    n,
     batch_size,
     training,
     augmenter,
@@ -356,11 +379,13 @@ def _finish(
     class_weights,
     micro_batches=1,
 ):
-    """Drop the index unless the augmenter needs it; batch, augment (training), one-hot the
-    labels, add class weights, cut into micro-batches, prefetch."""
+    """Drop the index unless the augmenter needs it; batch (without a tiny last training
+    batch, see :func:`training_batches`), augment (training), one-hot the labels, add
+    class weights, cut into micro-batches, prefetch."""
     if not needs_index:
         ds = ds.map(lambda img, y, i: (img, y), num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE)
+    drop = training and training_batches(n, batch_size)[1]
+    ds = ds.batch(batch_size, drop_remainder=drop, num_parallel_calls=AUTOTUNE)
     weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
 
     def finish(img, y, idx=None, epoch=None):

@@ -193,7 +193,7 @@ def worker_dataset(
     images)``; ``dataset`` is None when the worker has no rows.
     """
     from cnnlab.data.augment import Augmenter
-    from cnnlab.data.pipeline import make_dataset
+    from cnnlab.data.pipeline import make_dataset, training_batches
 
     seed = bundle.seed + 1009 * index
     augmenter = None
@@ -245,6 +245,8 @@ def worker_dataset(
         paths=None if "paths" not in ex else ex["paths"][rows],
         **common,
     )
+    if training:
+        return ds, training_batches(len(rows), batch_size)[0], len(rows)
     return ds, -(-len(rows) // batch_size), len(rows)
 
 

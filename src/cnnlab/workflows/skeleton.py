@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -175,8 +174,10 @@ def check_data(bundle, run: RunFolder, quiet: bool = False) -> None:
 
 
 def steps_per_epoch(cfg: TrainConfig, bundle) -> int:
-    """Batches per epoch of the training split."""
-    return math.ceil(len(bundle.examples("train")["labels"]) / cfg.batch_size)
+    """Batches per epoch of the training split (a tiny last batch is dropped)."""
+    from cnnlab.data.pipeline import training_batches
+
+    return training_batches(len(bundle.examples("train")["labels"]), cfg.batch_size)[0]
 
 
 @dataclass
