@@ -61,9 +61,10 @@ class TrainConfig:
     translation: float | None = None
     contrast: float | None = None
     random_crop: int | None = None
-    # progressive resizing: this fraction of the epochs (the first ones) trains at 3/4 of
-    # the image side, about half the compute per image (models with a TrainingResize
-    # layer: airbench); 0 trains every epoch at full size
+    # progressive resizing: this fraction of the epochs (the first ones) trains at a
+    # lower resolution, the side growing from 1/2 to 3/4 of the image's, a quarter to
+    # a half of the compute per image (models with a TrainingResize layer: airbench);
+    # 0 trains every epoch at full size
     progressive_resize: float = 0.0
     # recipe: defaults for the keys not given (auto = fast for 20-40 px images)
     recipe: str = "auto"

@@ -69,6 +69,25 @@ def test_training_resize_shrinks_training_steps_only_and_saves_its_size(tmp_path
     assert again.get_layer("train_resize").size.numpy().tolist() == [24, 20]
 
 
+def test_progressive_resizing_sets_each_epochs_size_and_clears_it_at_the_epochs_end():
+    from cnnlab.training.callbacks import ProgressiveResizing
+
+    model = create_model("airbench", 3, 32, width=0.125, train_resize=True)
+    layer = model.get_layer("train_resize")
+    callback = ProgressiveResizing([(16, 16), (16, 16), (24, 24)], 32)
+    callback.set_model(model)
+    seen, scales = [], []
+    for epoch in range(4):
+        callback.on_epoch_begin(epoch)
+        seen.append(layer.size.numpy().tolist())
+        logs = {}
+        callback.on_epoch_end(epoch, logs)
+        scales.append(logs["train_scale"])
+        assert layer.size.numpy().tolist() == [0, 0]  # a checkpoint trains at full size
+    assert seen == [[16, 16], [16, 16], [24, 24], [0, 0]]
+    assert scales == [0.5, 0.5, 0.75, 1.0]
+
+
 @pytest.mark.parametrize(
     "name,schedule,kind",
     [

@@ -116,7 +116,7 @@ def test_auto_is_fast_for_small_images_only_and_leaves_digits_alone():
     # Muon's kernel steps for colour; grayscale keeps SGD, which scored higher there.
     assert (fast.optimizer, colour.optimizer) == ("sgd", "muon")
     # Progressive resizing for colour; grayscale keeps every epoch at full size.
-    assert (fast.progressive_resize, colour.progressive_resize) == (0.0, 0.6)
+    assert (fast.progressive_resize, colour.progressive_resize) == (0.0, 0.72)
     assert fast.model_kwargs["tta_flip"] is False
     chosen, _ = recipes.apply_recipe(TrainConfig(model="resnet20"), {"model"}, (32, 32), 50_000)
     assert chosen.recipe == "plain"  # a model given by name keeps its usual training
@@ -255,23 +255,33 @@ def test_fast_recipe_trains_end_to_end_and_records_itself(make_folder, runs_dir)
     assert "recipe: fast" in (result.run_dir / "config.yaml").read_text()
     # Progressive resizing: the first of the 2 epochs at 16 px (3/4 of 20 is under the
     # floor of 16), the second at full size; the saved model trains at full size.
-    assert cfg.progressive_resize == 0.6
+    assert cfg.progressive_resize == 0.72
     with open(result.run_dir / "history.csv", newline="") as f:
         scales = [float(r["train_scale"]) for r in csv.DictReader(f)]
     assert scales == [0.8, 1.0]
     assert reloaded.get_layer("train_resize").size.numpy().tolist() == [0, 0]
 
 
-def test_progressive_resizing_trains_the_first_epochs_at_three_quarters_of_the_side():
-    from cnnlab.training.callbacks import low_resolution, low_resolution_epochs
+def test_progressive_resizing_grows_the_side_from_a_half_to_three_quarters():
+    from cnnlab.training.callbacks import (
+        low_resolution,
+        low_resolution_epochs,
+        low_resolution_sizes,
+    )
 
-    assert low_resolution((32, 32)) == (24, 24)
-    assert low_resolution((28, 40)) == (21, 30)
-    assert low_resolution((20, 20)) == (16, 16)  # never under 16 pixels
-    assert low_resolution((16, 16)) == (16, 16)  # nothing to gain: no resizing
+    assert low_resolution((32, 32), 0.75) == (24, 24)
+    assert low_resolution((28, 40), 0.75) == (21, 30)
+    assert low_resolution((20, 20), 0.5) == (16, 16)  # never under 16 pixels
+    assert low_resolution((16, 16), 0.5) == (16, 16)  # nothing to gain: no resizing
+    # Half of the low-resolution epochs at 1/2 of the side, a fifth at 5/8, the rest at 3/4.
+    assert [h for h, _ in low_resolution_sizes((32, 32), 10)] == [16] * 5 + [20] * 2 + [24] * 3
+    assert [h for h, _ in low_resolution_sizes((32, 32), 4)] == [16, 16, 20, 24]
+    assert low_resolution_sizes((64, 48), 1) == [(32, 24)]
+    assert low_resolution_sizes((32, 32), 0) == []
     # The last epoch always trains at full size.
     assert [low_resolution_epochs(0.5, n) for n in (1, 2, 3, 10, 12)] == [0, 1, 1, 5, 6]
     assert low_resolution_epochs(0.9, 2) == 1 and low_resolution_epochs(0.0, 10) == 0
+    assert low_resolution_epochs(0.29, 100) == 29  # 0.29 * 100 is 28.999... in floating point
 
 
 def test_progressive_resize_on_a_model_that_cannot_train_smaller_names_the_fix(

@@ -45,8 +45,8 @@ Examples:
     "--recipe",
     type=click.Choice(RECIPES),
     help="Defaults for the options not given: fast = airbench94-style training "
-    "(airbench model, SGD with ConvMuon kernel steps and the first epochs at 3/4 size "
-    "for colour images, lookahead, alternating flips, TTA); auto = fast "
+    "(airbench model, SGD with ConvMuon kernel steps and the first epochs at 1/2 to 3/4 "
+    "size for colour images, lookahead, alternating flips, TTA); auto = fast "
     "for 20-40 px images when no --model is given, else plain [auto].",
 )
 @click.option(
@@ -109,8 +109,9 @@ Examples:
     "--progressive-resize",
     type=float,
     metavar="FRACTION",
-    help="Train the first FRACTION of the epochs at 3/4 of the image side, about half "
-    "the compute (airbench) [0; fast recipe, colour images: see --recipe].",
+    help="Train the first FRACTION of the epochs at lower resolution: half of them at 1/2 "
+    "of the image side, a fifth at 5/8, the rest at 3/4 (airbench) "
+    "[0; fast recipe, colour images: see --recipe].",
 )
 @click.option("-b", "--batch-size", type=int, help="Images per step [64].")
 @click.option(

@@ -320,11 +320,11 @@ class TrainingResize(layers.Layer):
 
     ``size`` is a non-trainable integer variable, (0, 0) (the default) meaning "leave
     the images as they are". A callback sets it per epoch (progressive resizing,
-    ``cnnlab.training.callbacks.ProgressiveResizing``): convolutions on 24×24 images
-    cost about half of those on 32×32 ones, and the last epochs at full size
-    adapt the network to the resolution it is used at. Inference (``evaluate``,
-    ``predict``, exports) never resizes, so the layers after it must take any image
-    size (global pooling, no flatten), as airbench's do.
+    ``cnnlab.training.callbacks.ProgressiveResizing``): convolutions on 16×16 and
+    24×24 images cost about a quarter and a half of those on 32×32 ones, and the last
+    epochs at full size adapt the network to the resolution it is used at. Inference
+    (``evaluate``, ``predict``, exports) never resizes, so the layers after it must take
+    any image size (global pooling, no flatten), as airbench's do.
 
     Example:
         >>> layer = model.get_layer("train_resize")

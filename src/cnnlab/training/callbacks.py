@@ -97,19 +97,21 @@ class SaveClassifier(RunCheckpoint):
         super().set_model(self._classifier)
 
 
-# Progressive resizing trains at 3/4 of the image side: about half the compute per
-# image for airbench (24 against 32 pixels: 2.1× the training images/s in float32,
-# 1.6-1.8× in bfloat16, on the development VM).
-LOW_RES_SCALE = 0.75
+# Progressive resizing: the low-resolution epochs train at three sizes, smallest first:
+# half of them at 1/2 of the image side, the next fifth at 5/8, the last 3/10 at 3/4
+# (16, 20 and 24 pixels for CIFAR), never under 16 pixels. In bfloat16 on the
+# development VM, airbench's epochs at 16, 20 and 24 pixels took 0.29, 0.42 and 0.57 of
+# a full-size epoch's time (bench/README.md).
+LOW_RES_STAGES = ((0.5, 0.5), (0.625, 0.2), (0.75, 0.3))  # (scale of the side, share)
 MIN_LOW_RES_SIDE = 16
 
 
-def low_resolution(image_size, scale: float = LOW_RES_SCALE) -> tuple[int, int]:
-    """The (height, width) of the low-resolution epochs: ``scale`` of each side, at least 16.
+def low_resolution(image_size, scale: float) -> tuple[int, int]:
+    """``scale`` of each side of ``image_size``, at least 16 pixels and at most the side.
 
     Example:
-        >>> low_resolution((32, 32)), low_resolution((28, 40))
-        ((24, 24), (21, 30))
+        >>> low_resolution((32, 32), 0.75), low_resolution((28, 40), 0.5)
+        ((24, 24), (16, 20))
     """
     return tuple(max(MIN_LOW_RES_SIDE, min(int(s), int(s * scale))) for s in image_size)
 
@@ -121,35 +123,54 @@ def low_resolution_epochs(fraction: float, epochs: int) -> int:
         >>> low_resolution_epochs(0.5, 10), low_resolution_epochs(0.5, 1)
         (5, 0)
     """
-    return max(0, min(epochs - 1, int(fraction * epochs)))
+    return max(0, min(epochs - 1, int(fraction * epochs + 1e-9)))
+
+
+def low_resolution_sizes(image_size, low_epochs: int) -> list[tuple[int, int]]:
+    """The (height, width) of each low-resolution epoch, following ``LOW_RES_STAGES``.
+
+    Example:
+        >>> [s[0] for s in low_resolution_sizes((32, 32), 10)]
+        [16, 16, 16, 16, 16, 20, 20, 24, 24, 24]
+    """
+    sizes: list[tuple[int, int]] = []
+    reached = 0.0
+    for scale, share in LOW_RES_STAGES:
+        reached += share
+        until = int(reached * low_epochs + 0.5)
+        sizes += [low_resolution(image_size, scale)] * (until - len(sizes))
+    return sizes
 
 
 class ProgressiveResizing(keras.callbacks.Callback):
-    """Trains the first ``low_epochs`` epochs at ``size`` (height, width), the rest at full size.
+    """Trains epoch ``e`` at ``sizes[e]`` (height, width) while there is one, then at full size.
 
     It sets the model's :class:`cnnlab.nn.layers.TrainingResize` layers when an epoch
     begins and clears them when it ends, so every checkpoint (this callback runs
     before the checkpoint's) holds a model that trains at full size, and a resumed
-    run picks up the schedule by epoch number. ``train_scale`` (the low size over the
-    full one, or 1) is a history column.
+    run picks up the schedule by epoch number. ``train_scale`` (the epoch's height over
+    the full one) is a history column.
     """
 
-    def __init__(self, size: tuple[int, int], low_epochs: int, scale: float = LOW_RES_SCALE):
+    def __init__(self, sizes, full_height: int):
         super().__init__()
-        self.size = [int(s) for s in size]
-        self.low_epochs = int(low_epochs)
-        self.scale = float(scale)
+        self.sizes = [[int(s) for s in size] for size in sizes]
+        self.full_height = int(full_height)
 
     def _set(self, size) -> None:
         for layer in resize_layers(self.model):
             layer.size.assign(size)
 
+    def _size(self, epoch: int):
+        return self.sizes[epoch] if epoch < len(self.sizes) else None
+
     def on_epoch_begin(self, epoch, logs=None):
-        self._set(self.size if epoch < self.low_epochs else [0, 0])
+        self._set(self._size(epoch) or [0, 0])
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["train_scale"] = self.scale if epoch < self.low_epochs else 1.0
+            size = self._size(epoch)
+            logs["train_scale"] = size[0] / self.full_height if size else 1.0
         self._set([0, 0])
 
     def on_train_end(self, logs=None):
@@ -170,11 +191,11 @@ def progressive_resizing(cfg, model, image_size) -> list[keras.callbacks.Callbac
             expected="model airbench (or a model with a cnnlab TrainingResize layer)",
             fix="Pass --progressive-resize 0, or --model airbench",
         )
-    low_epochs = low_resolution_epochs(cfg.progressive_resize, cfg.epochs)
-    size = low_resolution(image_size)
-    if low_epochs == 0 or list(size) == [int(s) for s in image_size]:
+    full = tuple(int(s) for s in image_size)
+    sizes = low_resolution_sizes(full, low_resolution_epochs(cfg.progressive_resize, cfg.epochs))
+    if all(tuple(size) == full for size in sizes):  # none, or images too small to shrink
         return []
-    return [ProgressiveResizing(size, low_epochs, size[0] / image_size[0])]
+    return [ProgressiveResizing(sizes, full[0])]
 
 
 def resize_layers(model) -> list:
