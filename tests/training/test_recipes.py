@@ -116,7 +116,7 @@ def test_auto_is_fast_for_small_images_only_and_leaves_digits_alone():
     # Muon's kernel steps for colour; grayscale keeps SGD, which scored higher there.
     assert (fast.optimizer, colour.optimizer) == ("sgd", "muon")
     # Progressive resizing for colour; grayscale keeps every epoch at full size.
-    assert (fast.progressive_resize, colour.progressive_resize) == (0.0, 0.72)
+    assert (fast.progressive_resize, colour.progressive_resize) == (0.0, 0.65)
     assert fast.model_kwargs["tta_flip"] is False
     chosen, _ = recipes.apply_recipe(TrainConfig(model="resnet20"), {"model"}, (32, 32), 50_000)
     assert chosen.recipe == "plain"  # a model given by name keeps its usual training
@@ -255,7 +255,7 @@ def test_fast_recipe_trains_end_to_end_and_records_itself(make_folder, runs_dir)
     assert "recipe: fast" in (result.run_dir / "config.yaml").read_text()
     # Progressive resizing: the first of the 2 epochs at 16 px (3/4 of 20 is under the
     # floor of 16), the second at full size; the saved model trains at full size.
-    assert cfg.progressive_resize == 0.72
+    assert cfg.progressive_resize == 0.65
     with open(result.run_dir / "history.csv", newline="") as f:
         scales = [float(r["train_scale"]) for r in csv.DictReader(f)]
     assert scales == [0.8, 1.0]

@@ -3,7 +3,7 @@
 | recipe | what it does |
 | ------ | ------------ |
 | plain  | nothing: every key keeps TrainConfig's default |
-| fast   | airbench94's setup (K. Jordan): the ``airbench`` network (whitening, identity-initialised convs, BatchNorm tricks, TTA), label smoothing 0.2, Nesterov SGD (momentum 0.85) with linear warm-up and decay whose convolution kernels take airbench94_muon's orthogonalised steps (``ConvMuon``), lookahead weight averaging, alternating flips and 2-pixel translations, the first 70 % of the epochs at 1/2 to 3/4 size (colour images), bfloat16 arithmetic where the hardware has it (``precision: auto``) |
+| fast   | airbench94's setup (K. Jordan): the ``airbench`` network (whitening, identity-initialised convs, BatchNorm tricks, TTA), label smoothing 0.2, Nesterov SGD (momentum 0.85) with linear warm-up and decay whose convolution kernels take airbench94_muon's orthogonalised steps (``ConvMuon``), lookahead weight averaging, alternating flips and 2-pixel translations, the first 65 % of the epochs at 1/2 to 3/4 size (colour images), bfloat16 arithmetic where the hardware has it (``precision: auto``) |
 | auto   | ``fast`` for small images (20 to 40 pixels a side: CIFAR, Fashion-MNIST, SVHN) when no ``--model`` is given; ``plain`` otherwise (e.g. the 8×8 digits) |
 
 A recipe never overrides a key that was given (flag, YAML or keyword), and the
@@ -30,20 +30,21 @@ offsets and the head keep the SGD above. On CIFAR-10 JPEGs this reaches in
 without warm-up; SGD needed 11-12 for 0.90; bench/README.md). ``--optimizer sgd
 --epochs 13 --progressive-resize 0`` is the recipe before ConvMuon.
 
-Progressive resizing (``progressive_resize``, colour images): the first 72 % of
+Progressive resizing (``progressive_resize``, colour images): the first 65 % of
 the epochs train at a lower resolution, half of them at 1/2 of the image side, a
 fifth at 5/8 and the rest at 3/4 (16, 20 and 24 pixels for CIFAR: 0.29, 0.41 and 0.57
 of a full-size epoch's time in bfloat16); the last epochs at full size adapt the
 network, its BatchNorm statistics and the lookahead average to the size it is used at. As in airbench, the whitening layer's bias trains for the first 30 %
 of the epochs only (``FreezeWhiteningBias``), which spares the first
 convolution's input gradient afterwards (4-8 % of a full-size step here).
-Measured on CIFAR-10 JPEGs (CLI runs, bfloat16, bench/README.md): 14 epochs, 10 of
-them at 16 to 24 pixels, scored 0.9007 after 656 s of training; 12 epochs with 7 at
-24×24 scored 0.9026 after 762 s, and 10 full-size epochs 0.9025 after 861 s.
+Measured on CIFAR-10 JPEGs (bfloat16, bench/README.md): 14 epochs, 9 of them at 16
+to 24 pixels: figures in bench/README.md; 12 epochs with 7 at 24×24 scored 0.9022 after 781 s, 10
+full-size epochs 0.9027 after 866 s. With only 4 full-size epochs of 14 (10 at low
+resolution) the same bench scored 0.8991 after 656 s: just short of 0.90.
 ``--progressive-resize 0 --epochs 10`` is the recipe without resizing.
 
 Defaults: colour images width 0.75 (about 0.56 of airbench94's compute) for
-14 epochs, 10 of them at lower resolution; grayscale width 0.5 for 10, all at full size
+14 epochs, 9 of them at lower resolution; grayscale width 0.5 for 10, all at full size
 (untested there, so unchanged). ``--model-kwargs width=1`` is
 airbench94's network; ``--epochs`` and ``width`` trade time for accuracy
 (figures in bench/README.md).
@@ -75,8 +76,7 @@ FAST: dict[str, Any] = {
     "model": "airbench",
     "optimizer": "muon",  # SGD, with orthogonalised steps for convolution kernels
     # Colour images: ~0.56 of airbench94's compute per full-size epoch; 14 epochs, the
-    # first 10 at 16-24 px (progressive resizing): 0.9007 on CIFAR-10 JPEGs in 0.76 of
-    # the training time of 10 full-size epochs.
+    # first 9 at 16-24 px (progressive resizing; figures in bench/README.md).
     "width": 0.75,
     "epochs": 14,
     "batch_size": 1024,
@@ -91,10 +91,10 @@ FAST: dict[str, Any] = {
     # the whitening layer's bias trains for the first 30 % of the epochs (airbench: 3 of
     # 9.9), then freezes, which saves a convolution per step (FreezeWhiteningBias)
     "whiten_bias_fraction": 0.3,
-    # Progressive resizing: the first 72 % of the epochs (10 of 14) at a lower
-    # resolution: 5 at 1/2 of the side, 2 at 5/8, 3 at 3/4 (16, 20, 24 px for CIFAR;
+    # Progressive resizing: the first 65 % of the epochs (9 of 14) at a lower
+    # resolution: 5 at 1/2 of the side, 1 at 5/8, 3 at 3/4 (16, 20, 24 px for CIFAR;
     # cnnlab.training.callbacks.LOW_RES_STAGES).
-    "progressive_resize": 0.72,
+    "progressive_resize": 0.65,
     # The schedule and weight averaging end at the last epoch, which is the model,
     # so a validation split would only take images (and TTA-evaluation time).
     "val_split": 0.0,
