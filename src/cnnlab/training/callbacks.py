@@ -100,7 +100,7 @@ class SaveClassifier(RunCheckpoint):
 # Progressive resizing: the low-resolution epochs train at three sizes, smallest first:
 # half of them at 1/2 of the image side, the next fifth at 5/8, the last 3/10 at 3/4
 # (16, 20 and 24 pixels for CIFAR), never under 16 pixels. In bfloat16 on the
-# development VM, airbench's epochs at 16, 20 and 24 pixels took 0.29, 0.42 and 0.57 of
+# development VM, airbench's epochs at 16, 20 and 24 pixels took 0.28, 0.43 and 0.57 of
 # a full-size epoch's time (bench/README.md).
 LOW_RES_STAGES = ((0.5, 0.5), (0.625, 0.2), (0.75, 0.3))  # (scale of the side, share)
 MIN_LOW_RES_SIDE = 16
