@@ -115,7 +115,7 @@ def test_fast_recipe_micro_batches_step_schedule_and_lookahead_per_batch_and_res
     """airbench (BatchNorm, lookahead, TTA) with micro_batch_size: the optimizer steps
     once per batch of 32, the schedule ends where the whole batch's does, the saved
     optimizer reloads with its accumulation, and --resume keeps the micro-batch."""
-    folder = make_folder("fast", classes=("a", "b", "c"), per_class=16, size=20)
+    folder = make_folder("fast", classes=("a", "b", "c"), per_class=20, size=20)
     common = dict(
         data=f"folder:{folder}",
         recipe="fast",
@@ -130,7 +130,7 @@ def test_fast_recipe_micro_batches_step_schedule_and_lookahead_per_batch_and_res
     micro = cnnlab.train(**common, micro_batch_size=16, verbose=1)
     assert "Memory: ~" in capsys.readouterr().err
     assert micro.config.micro_batch_size == 16 and micro.metrics["memory"]["micro_batch_size"] == 16
-    steps = 2 * 2  # 36 training images: batches of 32 and 4, two epochs
+    steps = 2 * 2  # 45 training images: batches of 32 and 13 (micro-batches 6 + 7), two epochs
     opt = load_model(micro.run_dir / "checkpoints" / "last.keras").optimizer
     assert optimizer_steps(opt) == (steps, True) and int(opt._iterations) == 2 * steps
     schedule = opt.get_config()["learning_rate"]
