@@ -422,8 +422,8 @@ def test_a_fast_run_resumed_past_the_freeze_keeps_its_optimizer_and_a_still_bias
     from cnnlab.models.saving import load_model
 
     folder = make_folder("small", classes=("a", "b"), per_class=12, size=20)
-    # Batches of 6: three steps an epoch, so the lookahead average follows them, and no
-    # 2-image remainder (in bfloat16 one can turn the loss into NaN: a known bug, not this test's).
+    # Batches of 6: three whole steps an epoch (18 training images), so the lookahead
+    # average follows them and no short last batch is dropped.
     common = dict(recipe="fast", model_kwargs={"width": 0.125}, batch_size=6, verbose=0)
     common["test_split"] = 0.25
     first = cnnlab.train(data=f"folder:{folder}", epochs=1, runs_dir=str(runs_dir), **common)
