@@ -18,6 +18,7 @@ import numpy as np
 _PER_PIXEL = (
     "BatchNormalization",
     "Activation",
+    "GELU",
     "ReLU",
     "LeakyReLU",
     "PReLU",

@@ -39,7 +39,9 @@ from cnnlab.errors import ModelError
 from cnnlab.models.registry import register_model
 from cnnlab.models.scratch.common import image_input
 from cnnlab.nn.layers import (  # noqa: F401 - re-exported: the layers came from here
+    GELU,
     DiracInit,
+    FusedBatchNorm,
     PatchWhitening,
     ScaledBias,
     TrainingResize,
@@ -67,11 +69,11 @@ def _conv_bn(x, filters: int, name: str, pool: bool, bn_momentum: float, bias_sc
         x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
     # Keras momentum = 1 - PyTorch momentum: 0.6 makes running stats follow fast,
     # which matters in short runs. eps tiny and no scale, as airbench.
-    x = layers.BatchNormalization(
+    x = FusedBatchNorm(
         momentum=bn_momentum, epsilon=1e-12, scale=False, center=False, name=f"{name}_bn"
     )(x)
     x = ScaledBias(bias_scale, name=f"{name}_bias")(x)
-    return layers.Activation("gelu", name=f"{name}_act")(x)
+    return GELU(name=f"{name}_act")(x)
 
 
 @register_model(
@@ -133,7 +135,7 @@ def airbench(
         x = TrainingResize(name="train_resize")(x)
     x = TTAViews(tta, tta_flip, name="tta_views")(x)
     x = PatchWhitening(2, whiten_eps, name="whiten")(x)
-    x = layers.Activation("gelu", name="whiten_act")(x)
+    x = GELU(name="whiten_act")(x)
     for i, w in enumerate(widths, start=1):
         x = _conv_bn(x, w, f"group{i}a", True, bn_momentum, bias_scale)
         x = _conv_bn(x, w, f"group{i}b", False, bn_momentum, bias_scale)
