@@ -10,6 +10,7 @@ forward FLOPs). ``--variants`` adds bf16 mixed precision and XLA
 Usage:
     python bench/throughput.py                                  # default models, fp32
     python bench/throughput.py --models airbench:0.5 --variants fp32,bf16,xla
+    python bench/throughput.py --models airbench-plain:0.75,airbench:0.75 --variants fp32,bf16
     python bench/throughput.py --seconds 5 --batch 256
 
 Results are appended to bench/results/throughput.jsonl. The CPU may be shared:
@@ -59,14 +60,16 @@ def keras_example_cnn(num_classes: int = 10, input_shape=(32, 32, 3)):
 
 
 def build(name: str):
-    """``airbench:WIDTH``, ``keras_example`` or any registered cnnlab model name."""
+    """``airbench:WIDTH``, ``airbench-plain:WIDTH`` (Keras' own GELU and BatchNorm layers
+    instead of the fused ones), ``keras_example`` or any registered cnnlab model name."""
     if name == "keras_example":
         return keras_example_cnn()
     from cnnlab.models import create_model
 
     if name.startswith("airbench"):
-        width = float(name.split(":", 1)[1]) if ":" in name else 1.0
-        return create_model("airbench", 10, 32, 3, width=width, tta=0)
+        family, _, width = name.partition(":")
+        fused = family != "airbench-plain"
+        return create_model("airbench", 10, 32, 3, width=float(width or 1), tta=0, fused=fused)
     return create_model(name, 10, 32, 3)
 
 

@@ -28,6 +28,8 @@ def test_registered_names_are_those_saved_files_hold():
         layers.TTAViews,
         layers.TTAPool,
         layers.TrainingResize,
+        layers.GELU,
+        layers.FusedBatchNorm,
         schedules.WarmupSchedule,
         schedules.LinearWarmupDecay,
         *optimizers.LAYERWISE.values(),
@@ -40,6 +42,8 @@ def test_registered_names_are_those_saved_files_hold():
         "cnnlab>TTAViews",
         "cnnlab>TTAPool",
         "cnnlab>TrainingResize",
+        "cnnlab>GELU",
+        "cnnlab>FusedBatchNorm",
         "cnnlab>WarmupSchedule",
         "cnnlab>LinearWarmupDecay",
         "cnnlab>LayerwiseAdam",
@@ -67,6 +71,76 @@ def test_training_resize_shrinks_training_steps_only_and_saves_its_size(tmp_path
     save_model(model, tmp_path / "m.keras")
     again = load_model(tmp_path / "m.keras")
     assert again.get_layer("train_resize").size.numpy().tolist() == [24, 20]
+
+
+def _value_and_input_gradient(layer, x, training):
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(x)
+    upstream = tf.cast(tf.random.stateless_normal(x.shape, seed=[1, 2]), x.dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=training)
+    return y, tape.gradient(y, x, output_gradients=upstream)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_gelu_is_keras_gelu_with_its_gradient(dtype):
+    # The fused training path must be the same function, forward and backward, as
+    # keras' exact GELU (bfloat16: within its rounding, the fused path rounds once).
+    import tensorflow as tf
+
+    x = tf.cast(tf.linspace(-6.0, 6.0, 2 * 9 * 9 * 4), dtype)
+    x = tf.reshape(x, (2, 9, 9, 4))
+    fused, fused_dx = _value_and_input_gradient(layers.GELU(dtype=dtype), x, training=True)
+    plain, plain_dx = _value_and_input_gradient(
+        keras.layers.Activation("gelu", dtype=dtype), x, training=True
+    )
+    assert fused.dtype == plain.dtype == tf.as_dtype(dtype)
+    tol = 1e-6 if dtype == "float32" else 2e-2
+    np.testing.assert_allclose(np.float32(fused), np.float32(plain), atol=tol, rtol=tol)
+    np.testing.assert_allclose(np.float32(fused_dx), np.float32(plain_dx), atol=tol, rtol=tol)
+    # Inference is Keras' own op, so exports hold nothing XLA-specific.
+    np.testing.assert_array_equal(
+        np.float32(layers.GELU(dtype=dtype)(x, training=False)), np.float32(plain)
+    )
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_fused_batch_norm_trains_like_keras_batch_normalization(affine):
+    # Same outputs, input gradient and moving averages as Keras' layer in a training
+    # step (airbench's: no scale or offset, momentum 0.6, epsilon 1e-12; and the
+    # default affine layer), and the same layer in inference.
+    x = np.random.default_rng(0).normal(3.0, 2.0, (6, 5, 5, 4)).astype("float32")
+    kwargs = {"momentum": 0.6, "epsilon": 1e-12, "scale": affine, "center": affine}
+    fused, plain = layers.FusedBatchNorm(**kwargs), keras.layers.BatchNormalization(**kwargs)
+    for layer in (fused, plain):
+        layer.build(x.shape)
+        if affine:
+            layer.gamma.assign([0.5, 1.0, 2.0, 3.0])
+            layer.beta.assign([1.0, -1.0, 0.0, 2.0])
+    (y, dx), (y0, dx0) = (_value_and_input_gradient(m, x, training=True) for m in (fused, plain))
+    np.testing.assert_allclose(y, y0, atol=1e-5)
+    np.testing.assert_allclose(dx, dx0, atol=1e-5)
+    np.testing.assert_allclose(fused.moving_mean, plain.moving_mean, rtol=1e-6)
+    np.testing.assert_allclose(fused.moving_variance, plain.moving_variance, rtol=1e-5)
+    np.testing.assert_allclose(fused(x, training=False), plain(x, training=False), atol=1e-5)
+    # A 2-D input is Keras' own code path.
+    flat = layers.FusedBatchNorm(**kwargs)
+    assert flat(x[:, 0, 0, :], training=True).shape == (6, 4)
+
+
+def test_airbench_trains_with_the_fused_layers_and_reloads_them(tmp_path):
+    from cnnlab.models.saving import load_model
+
+    model = create_model("airbench", 3, 16, width=0.125)
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert {"GELU", "FusedBatchNorm"} <= kinds and "Activation" not in kinds
+    save_model(model, tmp_path / "m.keras")
+    again = load_model(tmp_path / "m.keras")
+    x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5)
+    assert isinstance(again.get_layer("group1a_bn"), layers.FusedBatchNorm)
 
 
 def test_progressive_resizing_sets_each_epochs_size_and_clears_it_at_the_epochs_end():

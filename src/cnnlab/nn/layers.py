@@ -356,6 +356,17 @@ class TrainingResize(layers.Layer):
         return input_shape
 
 
+def _fused_kernels_apply() -> bool:
+    """The fused training paths run under TensorFlow on CPU-only machines, where they
+    were measured; with a GPU (cuDNN refuses BatchNorm's epsilon below 1e-5) and
+    under other backends the layers are Keras' own."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return not tf.config.list_physical_devices("GPU")
+
+
 _SQRT_HALF = 0.7071067811865476  # 1 / sqrt(2)
 _INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
 _FUSED_GELU = []  # built once, on first use (it needs TensorFlow)
@@ -398,14 +409,14 @@ class GELU(layers.Layer):
     """Exact GELU (``keras.activations.gelu``); training steps use fused kernels.
 
     The same function as ``Activation("gelu")``. In training steps (TensorFlow
-    backend) the forward pass and its gradient each run as one XLA-compiled loop
+    backend, CPU) the forward pass and its gradient each run as one XLA-compiled loop
     (:func:`_fused_gelu`), which made airbench's training step 1.x× faster on a
     2-core CPU (bench/README.md); inference, exports and Grad-CAM use the plain
     ops, so an exported model holds nothing XLA-specific.
     """
 
     def call(self, x, training=None):
-        if training and keras.backend.backend() == "tensorflow":
+        if training and _fused_kernels_apply():
             return _fused_gelu()(x)
         return keras.activations.gelu(x, approximate=False)
 
@@ -418,7 +429,7 @@ class FusedBatchNorm(layers.BatchNormalization):
     """``keras.layers.BatchNormalization`` whose training steps use TensorFlow's fused kernel.
 
     The same layer (weights, moving averages, saved config). When it normalises the
-    last axis of a 4-D tensor under the TensorFlow backend, a training step runs
+    last axis of a 4-D tensor under the TensorFlow backend on CPU, a training step runs
     ``FusedBatchNormV3`` (oneDNN's kernel on CPU) and its gradient: one pass each
     way, where Keras' layer upcasts to float32, computes the moments and normalises
     in separate passes, and autodiff adds as many again (4.7× faster forward and
@@ -434,7 +445,7 @@ class FusedBatchNorm(layers.BatchNormalization):
             and not (self.renorm or self.synchronized)
             and len(inputs.shape) == 4
             and self.axis in (-1, 3)
-            and keras.backend.backend() == "tensorflow"
+            and _fused_kernels_apply()
         )
 
     def call(self, inputs, training=None, mask=None):

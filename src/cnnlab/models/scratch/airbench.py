@@ -56,7 +56,11 @@ BASE_WIDTHS = (64, 256, 256)
 TTA_LEVELS = (0, 1, 2)
 
 
-def _conv_bn(x, filters: int, name: str, pool: bool, bn_momentum: float, bias_scale: float):
+def _gelu(name: str, fused: bool):
+    return GELU(name=name) if fused else layers.Activation("gelu", name=name)
+
+
+def _conv_bn(x, filters, name: str, pool: bool, bn_momentum, bias_scale, fused: bool):
     x = layers.Conv2D(
         filters,
         3,
@@ -69,11 +73,10 @@ def _conv_bn(x, filters: int, name: str, pool: bool, bn_momentum: float, bias_sc
         x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
     # Keras momentum = 1 - PyTorch momentum: 0.6 makes running stats follow fast,
     # which matters in short runs. eps tiny and no scale, as airbench.
-    x = FusedBatchNorm(
-        momentum=bn_momentum, epsilon=1e-12, scale=False, center=False, name=f"{name}_bn"
-    )(x)
+    norm = FusedBatchNorm if fused else layers.BatchNormalization
+    x = norm(momentum=bn_momentum, epsilon=1e-12, scale=False, center=False, name=f"{name}_bn")(x)
     x = ScaledBias(bias_scale, name=f"{name}_bias")(x)
-    return GELU(name=f"{name}_act")(x)
+    return _gelu(f"{name}_act", fused)(x)
 
 
 @register_model(
@@ -93,6 +96,7 @@ def airbench(
     tta: int = 2,
     tta_flip: bool = True,
     train_resize: bool = False,
+    fused: bool = True,
     whiten_eps: float = 5e-4,
     bn_momentum: float = 0.6,
     bias_scale: float = 8.0,
@@ -109,6 +113,9 @@ def airbench(
         train_resize: add a :class:`TrainingResize` layer after the input, so that
             training steps can run at a lower resolution (the fast recipe's
             progressive resizing sets its size per epoch).
+        fused: GELU and BatchNorm layers whose training steps run fused kernels
+            (:class:`GELU`, :class:`FusedBatchNorm`: the same functions, faster to
+            train; bench/README.md); False builds Keras' own layers.
     """
     if tta not in TTA_LEVELS:
         raise ModelError(
@@ -135,10 +142,10 @@ def airbench(
         x = TrainingResize(name="train_resize")(x)
     x = TTAViews(tta, tta_flip, name="tta_views")(x)
     x = PatchWhitening(2, whiten_eps, name="whiten")(x)
-    x = GELU(name="whiten_act")(x)
+    x = _gelu("whiten_act", fused)(x)
     for i, w in enumerate(widths, start=1):
-        x = _conv_bn(x, w, f"group{i}a", True, bn_momentum, bias_scale)
-        x = _conv_bn(x, w, f"group{i}b", False, bn_momentum, bias_scale)
+        x = _conv_bn(x, w, f"group{i}a", True, bn_momentum, bias_scale, fused)
+        x = _conv_bn(x, w, f"group{i}b", False, bn_momentum, bias_scale, fused)
     x = TTAPool(tta, tta_flip, name="pooler")(x)
     # airbench scales the logits by 1/9: with BatchNorm'd features of max-pool
     # size, this keeps the initial softmax soft. (Linear, so before the Dense.)
