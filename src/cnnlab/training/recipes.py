@@ -33,15 +33,18 @@ without warm-up; SGD needed 11-12 for 0.90; bench/README.md). ``--optimizer sgd
 Progressive resizing (``progressive_resize``, colour images): the first 65 % of
 the epochs train at a lower resolution, half of them at 1/2 of the image side, a
 fifth at 5/8 and the rest at 3/4 (16, 20 and 24 pixels for CIFAR: 0.28, 0.43 and 0.57
-of a full-size epoch's time in bfloat16); the last epochs at full size adapt the
+of a full-size epoch's time in bfloat16 with Keras' layers, 0.29, 0.42 and 0.58 with
+the fused ones); the last epochs at full size adapt the
 network, its BatchNorm statistics and the lookahead average to the size it is used
 at. As in airbench, the whitening layer's bias trains for the first 30 % of the
 epochs only (``FreezeWhiteningBias``), which spares the first convolution's input
 gradient afterwards (4-8 % of a full-size step here).
 Measured on CIFAR-10 JPEGs (bench runs, bfloat16, bench/README.md): 14 epochs, 9 of
-them at 16 to 24 pixels, scored 0.9022 after 710 s of training; 12 epochs with 7 at
-24×24 0.9022 after 781 s; 10 full-size epochs 0.9027 after 866 s. With 10 of 14 at
-low resolution (4 at full size) the bench scored 0.8991 after 656 s, short of 0.90.
+them at 16 to 24 pixels, scored 0.9014 after 556 s of training with airbench's fused
+GELU and BatchNorm kernels (``cnnlab.nn.layers.GELU``, ``FusedBatchNorm``), 0.9022
+after 710 s with Keras' layers; 12 epochs with 7 at 24×24 0.9022 after 781 s; 10
+full-size epochs 0.9027 after 866 s. With 10 of 14 at low resolution (4 at full size)
+the bench scored 0.8991 after 656 s, short of 0.90.
 ``--progressive-resize 0 --epochs 10`` is the recipe without resizing.
 
 Defaults: colour images width 0.75 (about 0.56 of airbench94's compute) for
@@ -77,8 +80,8 @@ FAST: dict[str, Any] = {
     "model": "airbench",
     "optimizer": "muon",  # SGD, with orthogonalised steps for convolution kernels
     # Colour images: ~0.56 of airbench94's compute per full-size epoch; 14 epochs, the
-    # first 9 at 16-24 px (progressive resizing): 0.9022 on CIFAR-10 JPEGs in 0.82 of the
-    # training time of 10 full-size epochs (bench/README.md).
+    # first 9 at 16-24 px (progressive resizing): 0.9014 on CIFAR-10 JPEGs after 556 s of
+    # training on a 2-core CPU, with airbench's fused GELU and BatchNorm (bench/README.md).
     "width": 0.75,
     "epochs": 14,
     "batch_size": 1024,
