@@ -141,6 +141,11 @@ def test_airbench_trains_with_the_fused_layers_and_reloads_them(tmp_path):
     x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
     np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5)
     assert isinstance(again.get_layer("group1a_bn"), layers.FusedBatchNorm)
+    # fused=False (--model-kwargs fused=false) builds Keras' own layers.
+    plain = create_model("airbench", 3, 16, width=0.125, fused=False)
+    kinds = {type(layer).__name__ for layer in plain.layers}
+    assert {"Activation", "BatchNormalization"} <= kinds
+    assert not {"GELU", "FusedBatchNorm"} & kinds
 
 
 def test_progressive_resizing_sets_each_epochs_size_and_clears_it_at_the_epochs_end():

@@ -26,9 +26,9 @@ from keras import layers, ops
 from cnnlab.errors import ModelError
 
 __all__ = [
-    "GELU",
     "DiracInit",
     "FusedBatchNorm",
+    "GELU",
     "PatchWhitening",
     "ScaledBias",
     "TTAPool",
@@ -433,8 +433,8 @@ class FusedBatchNorm(layers.BatchNormalization):
     last axis of a 4-D tensor under the TensorFlow backend on CPU, a training step runs
     ``FusedBatchNormV3`` (oneDNN's kernel on CPU) and its gradient: one pass each
     way, where Keras' layer upcasts to float32, computes the moments and normalises
-    in separate passes, and autodiff adds as many again (4.7× faster forward and
-    backward on a (1024, 31, 31, 48) bfloat16 tensor on a 2-core CPU). Everything
+    in separate passes, and autodiff adds as many again (34 against 310 ms forward
+    and backward on a (1024, 31, 31, 48) bfloat16 tensor on a 2-core CPU). Everything
     else (inference, exports, masks, renorm, synchronised statistics) is Keras' code.
     """
 
