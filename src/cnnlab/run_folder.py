@@ -135,7 +135,7 @@ def read_history(path: str | os.PathLike | None) -> dict[str, list[float]]:
     """history.csv as columns of floats, one value per finished epoch.
 
     Unreadable cells are NaN, so epochs stay aligned across columns; columns with no
-    number at all (Keras' CSVLogger writes "NA" val_* columns without validation) are
+    number at all (files written before ``HistoryCSV`` hold "NA" val_* columns without validation) are
     dropped. A missing file gives ``{}``.
     """
     if path is None or not Path(path).is_file():

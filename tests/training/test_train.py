@@ -235,6 +235,28 @@ def test_sigkill_during_epoch_3_then_resume_finishes_4_and_5(image_folder, runs_
     assert json.loads((run / "checkpoints" / "state.json").read_text())["epochs_done"] == 5
 
 
+def test_history_csv_has_no_empty_val_columns_and_appends_under_its_header(tmp_path):
+    from cnnlab.training.callbacks import HistoryCSV
+
+    def epoch(path, validates, number, logs):
+        logger = HistoryCSV(path, validates=validates)
+        logger.on_train_begin()
+        logger.on_epoch_end(number, logs)
+        logger.on_train_end()
+
+    path = tmp_path / "history.csv"
+    epoch(path, False, 0, {"loss": 1.0, "accuracy": 0.5})
+    # A resumed run whose logs gained one key and lost another: its row stays under
+    # the file's header rather than shifting the columns.
+    epoch(path, False, 1, {"loss": 0.5, "learning_rate": 0.1})
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows == [["epoch", "accuracy", "loss"], ["0", "0.5", "1.0"], ["1", "NA", "0.5"]]
+    # With validation data the columns are Keras' own.
+    epoch(tmp_path / "v.csv", True, 0, {"loss": 1.0, "val_loss": 2.0})
+    assert (tmp_path / "v.csv").read_text().splitlines()[0] == "epoch,loss,val_loss"
+
+
 def test_resume_refuses_config_changes(image_folder, runs_dir):
     result = cnnlab.train(data=f"folder:{image_folder}", epochs=1, runs_dir=str(runs_dir), **TINY)
     with pytest.raises(

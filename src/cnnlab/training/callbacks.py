@@ -16,7 +16,7 @@ from cnnlab.errors import ConfigError
 class EpochStats(keras.callbacks.Callback):
     """Adds learning rate, epoch time and training throughput (images/s) to the logs.
 
-    Must run before CSVLogger so that these columns land in history.csv.
+    Must run before HistoryCSV so that these columns land in history.csv.
     """
 
     def __init__(self, num_train: int):
@@ -37,6 +37,42 @@ class EpochStats(keras.callbacks.Callback):
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(lr))
         logs["epoch_seconds"] = round(seconds, 3)
         logs["images_per_second"] = round(self.num_train / max(seconds, 1e-9), 1)
+
+
+def _csv_header(path) -> list[str] | None:
+    """The first row of a CSV file, or None when there is no such file or row."""
+    import csv
+    import os
+
+    if not os.path.isfile(path):
+        return None
+    with open(path, newline="") as f:
+        return next(csv.reader(f), None)
+
+
+class HistoryCSV(keras.callbacks.CSVLogger):
+    """history.csv: Keras' CSVLogger, appending, with columns that mean something.
+
+    Keras takes the columns from the first epoch's logs and, when those hold no
+    ``val_`` key, adds a ``val_`` twin of each (for ``validation_freq`` > 1), so a run
+    without validation data got a column of "NA" per metric. Here such a run gets
+    none, and a run that appends to a history (resume, the next fine-tuning stage)
+    keeps the columns of the file's header, so its rows line up with the rows above
+    even when the logs' keys changed.
+    """
+
+    def __init__(self, filename, *, validates: bool):
+        super().__init__(str(filename), append=True)
+        self.validates = validates
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.keys is None:
+            header = _csv_header(self.filename)
+            if header and header[0] == "epoch":
+                self.keys = header[1:]
+            elif not self.validates:
+                self.keys = sorted(logs or {})
+        super().on_epoch_end(epoch, logs)
 
 
 class RunCheckpoint(keras.callbacks.Callback):

@@ -202,10 +202,13 @@ class RunContext:
         return steps_per_epoch(self.cfg, self.bundle)
 
     @property
+    def validates(self) -> bool:
+        return len(self.bundle.examples("val")["labels"]) > 0
+
+    @property
     def monitor(self) -> str:
         """The checkpoint's metric: the validation one, or the training one without validation."""
-        has_val = len(self.bundle.examples("val")["labels"]) > 0
-        return self.cfg.monitor if has_val else self.cfg.monitor.removeprefix("val_")
+        return self.cfg.monitor if self.validates else self.cfg.monitor.removeprefix("val_")
 
     @property
     def verbose(self) -> int:
@@ -223,12 +226,12 @@ def run_callbacks(ctx: RunContext, checkpoint, *, before=(), stage: int | None =
     """
     import keras
 
-    from cnnlab.training.callbacks import EpochStats, StageColumn
+    from cnnlab.training.callbacks import EpochStats, HistoryCSV, StageColumn
 
     cbs = [*before, EpochStats(ctx.n_train)]
     if stage is not None:
         cbs.append(StageColumn(stage))
-    cbs.append(keras.callbacks.CSVLogger(str(ctx.run.history), append=True))
+    cbs.append(HistoryCSV(ctx.run.history, validates=ctx.validates))
     if ctx.cfg.tensorboard:  # after EpochStats: its learning rate and images/s are logged too
         from cnnlab.training.tensorboard import TensorBoardLogger
 
