@@ -76,6 +76,19 @@ def test_last_conv_layer_found_automatically():
     # the activated map before pooling shrinks it
     assert find_last_conv_layer(create_model("simple_cnn", 3, 32, 3)) == "block3_act2"
     assert find_last_conv_layer(create_model("resnet20", 3, 32, 3)) == "stage3_block3_out"
+    assert find_last_conv_layer(create_model("airbench", 3, 32, 3, width=0.125)) == "group3b_act"
+
+
+def test_a_subclass_of_a_per_pixel_layer_counts_as_one():
+    import keras
+
+    from cnnlab.nn.layers import FusedBatchNorm
+
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inp)
+    x = FusedBatchNorm(name="bn")(x)
+    out = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    assert find_last_conv_layer(keras.Model(inp, out)) == "bn"
 
 
 def test_model_without_convolution_is_named():

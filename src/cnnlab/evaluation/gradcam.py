@@ -40,6 +40,12 @@ def _is_4d(layer) -> bool:
     return len(shape) == 4
 
 
+def _is_kind(layer, kinds) -> bool:
+    """Whether the layer's class, or a class it derives from, is named in ``kinds``
+    (so cnnlab's ``FusedBatchNorm`` counts as a ``BatchNormalization``)."""
+    return any(cls.__name__ in kinds for cls in type(layer).__mro__)
+
+
 def find_last_conv_layer(model) -> str:
     """Name of the layer whose output Grad-CAM should use.
 
@@ -57,9 +63,8 @@ def find_last_conv_layer(model) -> str:
     layers = list(model.layers)
     last_conv = None
     for i, layer in enumerate(layers):
-        kind = type(layer).__name__
         nested = hasattr(layer, "layers") and _is_4d(layer)
-        if (kind in _CONV or nested) and _is_4d(layer):
+        if (_is_kind(layer, _CONV) or nested) and _is_4d(layer):
             last_conv = i
     if last_conv is None:
         raise ModelError(
@@ -72,9 +77,9 @@ def find_last_conv_layer(model) -> str:
         layer = layers[j]
         if not _is_4d(layer):
             continue
-        if type(layer).__name__ in _PER_PIXEL and tuple(layer.output.shape[1:3]) == shape:
+        if _is_kind(layer, _PER_PIXEL) and tuple(layer.output.shape[1:3]) == shape:
             chosen = j
-        elif type(layer).__name__ in _CONV:
+        elif _is_kind(layer, _CONV):
             break
     return layers[chosen].name
 
