@@ -19,6 +19,8 @@ the ``keras.applications`` backbones (``cnnlab.models.pretrained``).
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import numpy as np
 from keras import layers, ops
@@ -369,9 +371,9 @@ def _fused_kernels_apply() -> bool:
 
 _SQRT_HALF = 0.7071067811865476  # 1 / sqrt(2)
 _INV_SQRT_2PI = 0.3989422804014327  # 1 / sqrt(2 pi)
-_FUSED_GELU = []  # built once, on first use (it needs TensorFlow)
 
 
+@functools.cache  # built once, on first use (it needs TensorFlow)
 def _fused_gelu():
     """Exact GELU, ``x · Φ(x)``, as one XLA kernel forward and one backward.
 
@@ -380,8 +382,6 @@ def _fused_gelu():
     Here each direction is one compiled loop in float32 (then rounded once):
     3.6× faster on a (1024, 31, 31, 48) bfloat16 tensor on a 2-core CPU.
     """
-    if _FUSED_GELU:
-        return _FUSED_GELU[0]
     import tensorflow as tf
 
     @tf.function(jit_compile=True)
@@ -400,7 +400,6 @@ def _fused_gelu():
     def gelu(x):
         return forward(x), lambda dy: backward(dy, x)
 
-    _FUSED_GELU.append(gelu)
     return gelu
 
 

@@ -3,7 +3,9 @@ and progressive resizing (the first epochs at a lower resolution)."""
 
 from __future__ import annotations
 
+import csv
 import math
+import os
 import time
 
 import keras
@@ -41,9 +43,6 @@ class EpochStats(keras.callbacks.Callback):
 
 def _csv_header(path) -> list[str] | None:
     """The first row of a CSV file, or None when there is no such file or row."""
-    import csv
-    import os
-
     if not os.path.isfile(path):
         return None
     with open(path, newline="") as f:
